@@ -1,0 +1,415 @@
+// The CUDA host-emulation runtime: fibers, the block scheduler, barriers, warp
+// operations and the multi-threaded grid launch. See runtime.h for the model.
+#include "runtime.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace cuemu {
+
+thread_local Current tls_cur;
+
+// ---- context switch -----------------------------------------------------------------
+#if defined(__x86_64__)
+#define CUEMU_HAVE_ASM 1
+// void cuemu_ctx_switch(void** save_sp, void* load_sp): saves the callee-saved registers,
+// MXCSR and the x87 control word on the current stack, stores the stack pointer into
+// *save_sp, loads load_sp and restores the same from there. A new fiber's stack is laid
+// out so that the first switch "returns" into cuemu_ctx_entry with r12 = argument and
+// r13 = function.
+asm(R"(
+  .text
+  .globl cuemu_ctx_switch
+  .hidden cuemu_ctx_switch
+  .type cuemu_ctx_switch,@function
+cuemu_ctx_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cuemu_ctx_switch,.-cuemu_ctx_switch
+
+  .globl cuemu_ctx_entry
+  .hidden cuemu_ctx_entry
+  .type cuemu_ctx_entry,@function
+cuemu_ctx_entry:
+  movq %r12, %rdi
+  callq *%r13
+  ud2
+  .size cuemu_ctx_entry,.-cuemu_ctx_entry
+)");
+extern "C" void cuemu_ctx_switch(void** save_sp, void* load_sp);
+extern "C" void cuemu_ctx_entry();
+static bool g_use_asm = true;
+#else
+#define CUEMU_HAVE_ASM 0
+static bool g_use_asm = false;
+#endif
+
+bool set_switch(const std::string& kind) {
+  if (kind == "asm" && CUEMU_HAVE_ASM) { g_use_asm = true; return true; }
+  if (kind == "ucontext") { g_use_asm = false; return true; }
+  return false;
+}
+std::string get_switch() { return g_use_asm ? "asm" : "ucontext"; }
+
+// ---- stacks -------------------------------------------------------------------------
+static const size_t kStackBytes = 256 * 1024;  // kernels keep register tiles on it
+
+struct Stack {
+  char* base;  // lowest address, a guard page
+  size_t size;
+  ucontext_t uctx;
+};
+
+static Stack* new_stack() {
+  void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot allocate a fiber stack");
+  mprotect(p, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE);
+  Stack* s = new Stack;
+  s->base = (char*)p;
+  s->size = kStackBytes;
+  return s;
+}
+
+// Stacks outlive launches: each worker borrows a set from this pool and gives it back.
+static std::mutex g_pool_mu;
+static std::vector<std::vector<Stack*>> g_pool;
+
+// ---- per-OS-thread scheduler state --------------------------------------------------
+struct Sched {
+  void* sp = nullptr;  // the scheduler's own stack pointer while a fiber runs
+  ucontext_t uctx;
+  const std::function<void()>* body = nullptr;
+};
+static thread_local Sched tls_sched;
+
+static void fiber_main(ThreadCtx* t) {
+  (*tls_sched.body)();
+  t->state = DONE;
+  if (g_use_asm) {
+#if CUEMU_HAVE_ASM
+    cuemu_ctx_switch(&t->sp, tls_sched.sp);
+#endif
+  } else {
+    swapcontext((ucontext_t*)t->uctx, &tls_sched.uctx);
+  }
+  __builtin_unreachable();
+}
+
+static void ucontext_entry(unsigned lo, unsigned hi) {
+  fiber_main((ThreadCtx*)(((uintptr_t)hi << 32) | (uintptr_t)lo));
+}
+
+static void start_fiber(ThreadCtx* t, Stack* s) {
+  t->stack = s;
+  if (g_use_asm) {
+#if CUEMU_HAVE_ASM
+    uintptr_t top = ((uintptr_t)(s->base + s->size)) & ~(uintptr_t)15;
+    uint64_t* sp = (uint64_t*)(top - 64);
+    uint32_t csr[2];
+    asm volatile("stmxcsr %0" : "=m"(csr[0]));
+    asm volatile("fnstcw %0" : "=m"(csr[1]));
+    std::memcpy(&sp[0], csr, 8);                    // mxcsr | x87 control word
+    sp[1] = 0;                                      // r15
+    sp[2] = 0;                                      // r14
+    sp[3] = (uint64_t)(uintptr_t)&fiber_main;       // r13: function
+    sp[4] = (uint64_t)(uintptr_t)t;                 // r12: argument
+    sp[5] = 0;                                      // rbx
+    sp[6] = 0;                                      // rbp
+    sp[7] = (uint64_t)(uintptr_t)&cuemu_ctx_entry;  // return address
+    t->sp = sp;
+#endif
+  } else {
+    ucontext_t* uc = &s->uctx;
+    getcontext(uc);
+    uc->uc_stack.ss_sp = s->base;
+    uc->uc_stack.ss_size = s->size;
+    uc->uc_link = nullptr;
+    uintptr_t a = (uintptr_t)t;
+    makecontext(uc, (void (*)())ucontext_entry, 2, (unsigned)(a & 0xffffffffu), (unsigned)(a >> 32));
+    t->uctx = uc;
+  }
+}
+
+static void resume(ThreadCtx* t) {
+  tls_cur.thread = t;
+  if (g_use_asm) {
+#if CUEMU_HAVE_ASM
+    cuemu_ctx_switch(&tls_sched.sp, t->sp);
+#endif
+  } else {
+    swapcontext(&tls_sched.uctx, (ucontext_t*)t->uctx);
+  }
+}
+
+static void suspend(ThreadCtx* t) {
+  if (g_use_asm) {
+#if CUEMU_HAVE_ASM
+    cuemu_ctx_switch(&t->sp, tls_sched.sp);
+#endif
+  } else {
+    swapcontext((ucontext_t*)t->uctx, &tls_sched.uctx);
+  }
+}
+
+// ---- what kernels call --------------------------------------------------------------
+void syncthreads(const char* file, int line) {
+  ThreadCtx* t = tls_cur.thread;
+  t->state = BAR_WAIT;
+  t->file = file;
+  t->line = line;
+  suspend(t);
+}
+
+unsigned long long warp_exchange(int op, unsigned mask, unsigned long long bits, int arg,
+                                 int width, const char* file, int line) {
+  ThreadCtx* t = tls_cur.thread;
+  t->state = WARP_WAIT;
+  t->file = file;
+  t->line = line;
+  t->wop = op;
+  t->wmask = mask;
+  t->wval = bits;
+  t->warg = arg;
+  t->wwidth = width;
+  suspend(t);
+  return t->wresult;
+}
+
+// ---- block scheduler ----------------------------------------------------------------
+static std::string where(const ThreadCtx& t) {
+  std::ostringstream o;
+  o << t.file << ":" << t.line;
+  return o.str();
+}
+
+struct BlockRunner {
+  std::vector<ThreadCtx> ctx;
+  std::vector<Stack*>* stacks;  // this worker's pool
+  std::vector<Stack*> free_stacks;
+  size_t stacks_used = 0;
+  const LaunchOptions* opt;
+  const std::string* name;
+
+  Stack* take_stack() {
+    if (!free_stacks.empty()) { Stack* s = free_stacks.back(); free_stacks.pop_back(); return s; }
+    if (stacks_used == stacks->size()) stacks->push_back(new_stack());
+    return (*stacks)[stacks_used++];
+  }
+
+  [[noreturn]] void fail(const std::string& msg) {
+    std::ostringstream o;
+    uint3 b = tls_cur.block_idx;
+    o << "kernel " << *name << ", block (" << b.x << "," << b.y << "," << b.z << "): " << msg;
+    throw std::runtime_error(o.str());
+  }
+
+  // Completes every warp operation whose lanes have all arrived. Each lane's result is
+  // computed before any lane is released (two passes), so later lanes see earlier ones
+  // still present. Returns whether any lane was released.
+  bool resolve_warps(int n) {
+    bool any = false;
+    for (int w0 = 0; w0 < n; w0 += 32) {
+      int lanes = std::min(32, n - w0);
+      for (int l = 0; l < lanes; ++l) {
+        ThreadCtx& lead = ctx[w0 + l];
+        if (lead.state != WARP_WAIT) continue;
+        unsigned need = lead.wmask & (lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1));
+        bool ready = true;
+        for (int j = 0; j < lanes; ++j) {
+          if (!(need >> j & 1)) continue;
+          const ThreadCtx& o = ctx[w0 + j];
+          if (o.state == DONE)
+            fail("warp operation at " + where(lead) + " names lane " + std::to_string(j) +
+                 " in its mask, but that thread has exited");
+          if (o.state != WARP_WAIT) { ready = false; break; }
+        }
+        if (!ready) continue;
+        for (int j = 0; j < lanes; ++j) {
+          if (!(need >> j & 1)) continue;
+          const ThreadCtx& o = ctx[w0 + j];
+          if (o.wmask != lead.wmask || o.wop != lead.wop)
+            fail("warp operations disagree: lane " + std::to_string(l) + " at " + where(lead) +
+                 " and lane " + std::to_string(j) + " at " + where(o) +
+                 " (different operation or mask)");
+        }
+        unsigned ballot = 0;
+        for (int j = 0; j < lanes; ++j)
+          if ((need >> j & 1) && ctx[w0 + j].wval) ballot |= 1u << j;
+        // pass 1: results
+        for (int j = 0; j < lanes; ++j) {
+          if (!(need >> j & 1)) continue;
+          ThreadCtx& me = ctx[w0 + j];
+          int width = me.wwidth;
+          if (width <= 0 || width > 32 || (width & (width - 1)))
+            fail("shuffle width " + std::to_string(width) + " at " + where(me) +
+                 " is not a power of two in [1, 32]");
+          int seg = j & ~(width - 1);
+          int src = -1;
+          switch (me.wop) {
+            case SHFL_IDX: src = seg + (((me.warg % width) + width) % width); break;
+            case SHFL_UP: src = j - me.warg; if (src < seg) src = j; break;
+            case SHFL_DOWN: src = j + me.warg; if (src >= seg + width) src = j; break;
+            case SHFL_XOR: src = j ^ me.warg; if (src >= seg + width || src < seg) src = j; break;
+            case VOTE_BALLOT: me.wresult = ballot; break;
+            case VOTE_ANY: me.wresult = ballot != 0; break;
+            case VOTE_ALL: me.wresult = ballot == need; break;
+            case SYNCWARP: me.wresult = 0; break;
+          }
+          if (src >= 0) {
+            // reading a lane outside the mask is undefined in CUDA: give back own value
+            me.wresult = (src < lanes && (need >> src & 1)) ? ctx[w0 + src].wval : me.wval;
+          }
+        }
+        // pass 2: release
+        for (int j = 0; j < lanes; ++j)
+          if (need >> j & 1) ctx[w0 + j].state = READY;
+        any = true;
+      }
+    }
+    return any;
+  }
+
+  void run(const std::function<void()>& body, dim3 block, unsigned long long block_linear) {
+    int n = (int)(block.x * block.y * block.z);
+    ctx.resize(n);
+    for (int i = 0; i < n; ++i) {
+      ThreadCtx& t = ctx[i];
+      t = ThreadCtx{};
+      t.tid = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y),
+                    (unsigned)(i / (block.x * block.y))};
+      t.linear = i;
+      t.state = NOT_STARTED;
+    }
+    free_stacks.clear();
+    stacks_used = 0;
+    tls_sched.body = &body;
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    if (opt->order == REVERSE) std::reverse(order.begin(), order.end());
+    std::mt19937_64 rng(opt->seed * 0x9E3779B97F4A7C15ull + block_linear + 1);
+    for (;;) {
+      if (opt->order == RANDOM) std::shuffle(order.begin(), order.end(), rng);
+      for (int i : order) {
+        ThreadCtx& t = ctx[i];
+        if (t.state == NOT_STARTED) {
+          start_fiber(&t, take_stack());
+        } else if (t.state != READY) {
+          continue;
+        }
+        t.state = READY;
+        resume(&t);
+        if (t.state == DONE) free_stacks.push_back(t.stack);  // the plain-loop fast path
+      }
+      if (resolve_warps(n)) continue;
+      int bar = -1, live = 0;
+      for (int i = 0; i < n; ++i) {
+        ThreadCtx& t = ctx[i];
+        if (t.state == DONE) continue;
+        ++live;
+        if (t.state == WARP_WAIT)
+          fail("warp operation at " + where(t) + " (thread " + std::to_string(i) +
+               ") can never complete: a lane in its mask waits at a different barrier");
+        if (bar < 0) {
+          bar = i;
+        } else if (t.file != ctx[bar].file || t.line != ctx[bar].line) {
+          if (std::strcmp(t.file, ctx[bar].file) != 0 || t.line != ctx[bar].line)
+            fail("divergent __syncthreads: thread " + std::to_string(bar) + " waits at " +
+                 where(ctx[bar]) + " but thread " + std::to_string(i) + " waits at " + where(t));
+        }
+      }
+      if (live == 0) break;
+      for (int i = 0; i < n; ++i)
+        if (ctx[i].state == BAR_WAIT) ctx[i].state = READY;
+    }
+  }
+};
+
+void launch(const std::string& name, const std::function<void()>& body, dim3 grid, dim3 block,
+            const LaunchOptions& opt) {
+  unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
+  if (nthreads == 0 || nthreads > 1024)
+    throw std::invalid_argument("kernel " + name + ": block of " + std::to_string(nthreads) +
+                                " threads; CUDA allows 1 to 1024");
+  if (block.z > 64) throw std::invalid_argument("kernel " + name + ": blockDim.z > 64");
+  if (grid.y > 65535 || grid.z > 65535)
+    throw std::invalid_argument("kernel " + name + ": gridDim.y/z above 65535");
+  unsigned long long nblocks = (unsigned long long)grid.x * grid.y * grid.z;
+  if (nblocks == 0) return;
+  int workers = (int)std::max<unsigned long long>(1, std::min<unsigned long long>(
+                                                         (unsigned long long)std::max(1, opt.threads), nblocks));
+  std::atomic<unsigned long long> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex err_mu;
+  std::string err;
+
+  auto work = [&]() {
+    std::vector<Stack*> stacks;
+    {
+      std::lock_guard<std::mutex> g(g_pool_mu);
+      if (!g_pool.empty()) { stacks = std::move(g_pool.back()); g_pool.pop_back(); }
+    }
+    BlockRunner r;
+    r.stacks = &stacks;
+    r.opt = &opt;
+    r.name = &name;
+    tls_cur.block_dim = block;
+    tls_cur.grid_dim = grid;
+    try {
+      for (;;) {
+        if (failed.load(std::memory_order_relaxed)) break;
+        unsigned long long b = next.fetch_add(1);
+        if (b >= nblocks) break;
+        tls_cur.block_idx = uint3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
+                                  (unsigned)(b / ((unsigned long long)grid.x * grid.y))};
+        r.run(body, block, b);
+      }
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> g(err_mu);
+      if (!failed.exchange(true)) err = e.what();
+    }
+    tls_cur.thread = nullptr;
+    std::lock_guard<std::mutex> g(g_pool_mu);
+    g_pool.push_back(std::move(stacks));
+  };
+
+  if (workers == 1) {
+    work();
+  } else {
+    std::vector<std::thread> pool;
+    for (int i = 0; i < workers; ++i) pool.emplace_back(work);
+    for (auto& th : pool) th.join();
+  }
+  if (failed) throw std::runtime_error(err);
+}
+
+}  // namespace cuemu

@@ -1,0 +1,280 @@
+"""The three backends: ``numpy`` (reference), ``emu`` (kernels on the CPU), ``cuda`` (GPU).
+
+An op computes its grid, block and shared-memory size once and calls
+``backend.launch(file, kernel, grid, block, args, shared_mem)``; only the array type
+(NumPy or CuPy) and the launcher differ between ``emu`` and ``cuda``. So every line of the
+GPU path except CuPy's own call runs on every machine.
+
+Choose a backend by name (``get_backend("emu")``) or with the environment variable
+``PYALEXNET_BACKEND``; with neither, ``cuda`` is used where CuPy sees a GPU, else ``numpy``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+ENV_BACKEND = "PYALEXNET_BACKEND"
+BACKEND_NAMES = ("numpy", "emu", "cuda")
+# Scalars must carry their C type: CuPy would pass a Python int as long long and a float
+# as double without complaint, and the kernel would read garbage.
+SCALAR_TYPES = (np.int32, np.uint32, np.int64, np.uint64, np.float32)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run on this machine; the message says what is missing."""
+
+
+class KernelError(RuntimeError):
+    """A kernel failed: a compile error, a divergent barrier, a bad launch."""
+
+
+def kernel_dir() -> Path:
+    """Where the kernel sources live: the repository's kernels/, or the installed copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "kernels", here / "_kernels"):
+        if (candidate / "common.cuh").exists():
+            return candidate
+    raise FileNotFoundError("pyalexnet's kernel sources (kernels/*.cu) are missing from "
+                            f"{here.parent / 'kernels'} and {here / '_kernels'}; reinstall")
+
+
+def _dim3(v, what):
+    dims = (v,) if np.isscalar(v) else tuple(v)
+    if not 1 <= len(dims) <= 3 or any(int(d) < 1 for d in dims):
+        raise ValueError(f"{what} must be 1 to 3 positive sizes, got {v!r}")
+    return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+
+
+class Backend:
+    """What ops need from a backend: arrays of its kind, and (for kernels) a launcher."""
+
+    name: str = ""
+    runs_kernels: bool = False
+    xp = np  # the array module
+
+    def asarray(self, a, dtype=np.float32):
+        """A C-contiguous array of this backend holding ``a``."""
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def empty(self, shape, dtype=np.float32):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self):
+        pass
+
+    def launch(self, file, kernel, grid, block, args, shared_mem=0):
+        """Run ``kernel`` of ``kernels/<file>`` on a grid of blocks."""
+        grid, block = _dim3(grid, "grid"), _dim3(block, "block")
+        if np.prod(block) > 1024:
+            raise ValueError(f"kernel {kernel}: block {block} has more than 1024 threads")
+        for i, a in enumerate(args):
+            if isinstance(a, self.xp.ndarray):
+                if not a.flags.c_contiguous:
+                    raise ValueError(f"kernel {kernel}: argument {i} must be C-contiguous")
+            elif not isinstance(a, SCALAR_TYPES):
+                raise TypeError(f"kernel {kernel}: argument {i} is {type(a).__name__}; pass "
+                                f"a {self.name} array or a NumPy scalar (numpy.int32, "
+                                f"numpy.float32, ...) so its C type is explicit")
+        self._launch(file, kernel, grid, block, list(args), int(shared_mem))
+
+    def _launch(self, file, kernel, grid, block, args, shared_mem):
+        raise BackendUnavailable(f"the {self.name} backend runs NumPy references, not kernels")
+
+    def __repr__(self):
+        return f"<pyalexnet backend {self.name}>"
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+
+class EmuBackend(Backend):
+    """Kernels compiled by g++ against the CUDA host-emulation layer (pyalexnet._emu).
+
+    threads: OS threads running blocks in parallel (env PYALEXNET_EMU_THREADS, default all
+    cores); order: thread order between barriers, "forward", "reverse" or "random"
+    (env PYALEXNET_EMU_ORDER); seed: for the random order (env PYALEXNET_EMU_SEED).
+    """
+
+    name = "emu"
+    runs_kernels = True
+    ORDERS = ("forward", "reverse", "random")
+
+    def __init__(self, threads=None, order=None, seed=None):
+        try:
+            from . import _emu
+        except ImportError as e:
+            raise BackendUnavailable(
+                "the emu backend needs the compiled extension pyalexnet._emu; build it with "
+                f"`pip install -e .` ({e})") from e
+        self._emu = _emu
+        self.threads = int(threads or os.environ.get("PYALEXNET_EMU_THREADS") or os.cpu_count())
+        self.order = order or os.environ.get("PYALEXNET_EMU_ORDER", "forward")
+        if self.order not in self.ORDERS:
+            raise ValueError(f"emu thread order must be one of {self.ORDERS}, got {self.order!r}")
+        self.seed = int(seed if seed is not None else os.environ.get("PYALEXNET_EMU_SEED", 0))
+        self._files = {}
+
+    def _launch(self, file, kernel, grid, block, args, shared_mem):
+        known = self._files.get(kernel)
+        if known is None:
+            try:
+                known = self._files[kernel] = self._emu.kernel_file(kernel)
+            except (KeyError, IndexError):
+                raise KernelError(f"no kernel named {kernel!r} in the emulator build; after "
+                                  "adding a kernel, rebuild with `pip install -e .`") from None
+        if Path(known).name != Path(file).name:
+            raise KernelError(f"kernel {kernel} lives in {known}, not {file}")
+        try:
+            self._emu.launch(kernel, grid, block, shared_mem, args, self.threads,
+                             self.ORDERS.index(self.order), self.seed)
+        except RuntimeError as e:
+            raise KernelError(str(e)) from None
+
+    def __repr__(self):
+        return f"<pyalexnet backend emu threads={self.threads} order={self.order} seed={self.seed}>"
+
+
+# NVRTC options, in one place. Everything else is CuPy's default (which adds -ftz=true).
+NVRTC_OPTIONS = ("-std=c++17",)
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+def kernel_source(file: str | Path) -> str:
+    """A kernel file with its local #includes inlined, with #line markers.
+
+    Inlining puts every header's text into the code CuPy hashes for its on-disk cache,
+    so editing common.cuh recompiles; #line keeps NVRTC's messages pointing at the real
+    file and line.
+    """
+    root = kernel_dir()
+    seen = set()
+
+    def expand(path: Path) -> str:
+        path = path.resolve()
+        if path in seen:  # every header is #pragma once
+            return ""
+        seen.add(path)
+        text = path.read_text()
+        out, last, line = [], 0, 1
+        rel = path.relative_to(root).as_posix()
+        for m in _INCLUDE.finditer(text):
+            out.append(text[last:m.start()])
+            line += text.count("\n", last, m.start())
+            out.append(f'#line 1 "{Path(m.group(1)).name}"\n')
+            out.append(expand(path.parent / m.group(1)))
+            out.append(f'\n#line {line + 1} "{rel}"\n')
+            last = m.end()
+        out.append(text[last:])
+        return f'#line 1 "{rel}"\n' + "".join(out)
+
+    return expand(root / file)
+
+
+class CudaBackend(Backend):
+    """The same kernels compiled by NVRTC through ``cupy.RawModule``, on one GPU."""
+
+    name = "cuda"
+    runs_kernels = True
+
+    def __init__(self, device=0):
+        try:
+            import cupy
+        except ImportError as e:
+            raise BackendUnavailable(
+                "the cuda backend needs CuPy: pip install 'pyalexnet[cuda13]' (or [cuda12]) "
+                f"on a machine with an NVIDIA GPU ({e})") from e
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # no driver, no device
+            raise BackendUnavailable(f"the cuda backend needs an NVIDIA GPU; CuPy found none ({e})") from e
+        if count == 0:
+            raise BackendUnavailable("the cuda backend needs an NVIDIA GPU; CuPy found none")
+        if not 0 <= device < count:
+            raise BackendUnavailable(f"no CUDA device {device}: this machine has {count}")
+        self.cupy = cupy
+        self.xp = cupy
+        self.device = cupy.cuda.Device(device)
+        self._modules = {}
+        self._functions = {}
+
+    def asarray(self, a, dtype=np.float32):
+        with self.device:
+            return self.cupy.ascontiguousarray(self.cupy.asarray(a, dtype=dtype))
+
+    def to_numpy(self, a):
+        return self.cupy.asnumpy(a) if isinstance(a, self.cupy.ndarray) else np.asarray(a)
+
+    def empty(self, shape, dtype=np.float32):
+        with self.device:
+            return self.cupy.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        with self.device:
+            return self.cupy.zeros(shape, dtype=dtype)
+
+    def synchronize(self):
+        self.device.synchronize()
+
+    def function(self, file, kernel):
+        key = (file, kernel)
+        fn = self._functions.get(key)
+        if fn is None:
+            with self.device:
+                module = self._modules.get(file)
+                if module is None:
+                    module = self._modules[file] = self.cupy.RawModule(
+                        code=kernel_source(file), options=NVRTC_OPTIONS)
+                try:
+                    fn = module.get_function(kernel)  # NVRTC compiles here, on first use
+                except self.cupy.cuda.compiler.CompileException as e:
+                    raise KernelError(f"NVRTC could not compile kernels/{file}:\n{e}") from None
+            self._functions[key] = fn
+        return fn
+
+    def _launch(self, file, kernel, grid, block, args, shared_mem):
+        fn = self.function(file, kernel)
+        if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
+            fn.max_dynamic_shared_size_bytes = shared_mem
+        with self.device:
+            fn(grid, block, tuple(args), shared_mem=shared_mem)
+
+
+_cache: dict = {}
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_available() -> bool:
+    """Whether CuPy is installed and sees a GPU (asked once)."""
+    try:
+        CudaBackend()
+        return True
+    except BackendUnavailable:
+        return False
+
+
+def get_backend(name=None, **options) -> Backend:
+    """The backend called ``name`` (or $PYALEXNET_BACKEND, or auto-detected).
+
+    A Backend instance is returned unchanged, so every API takes either.
+    """
+    if isinstance(name, Backend):
+        return name
+    name = name or os.environ.get(ENV_BACKEND) or ("cuda" if cuda_available() else "numpy")
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
+    key = (name, tuple(sorted(options.items())))
+    if key not in _cache:
+        cls = {"numpy": NumpyBackend, "emu": EmuBackend, "cuda": CudaBackend}[name]
+        _cache[key] = cls(**options)
+    return _cache[key]

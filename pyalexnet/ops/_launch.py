@@ -1,0 +1,30 @@
+"""Launch-geometry helpers shared by the op modules."""
+import numpy as np
+
+ELEMENTWISE_BLOCK = 256
+# Enough blocks to fill any GPU; grid-stride loops cover larger arrays.
+ELEMENTWISE_MAX_BLOCKS = 8192
+
+
+def elementwise_grid(n: int, block: int = ELEMENTWISE_BLOCK) -> int:
+    return max(1, min(ELEMENTWISE_MAX_BLOCKS, (n + block - 1) // block))
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def i32(v) -> np.int32:
+    """A launch argument that the kernel declares as int, range-checked."""
+    v = int(v)
+    if not -2**31 <= v < 2**31:
+        raise OverflowError(f"{v} does not fit the kernel's 32-bit int parameter")
+    return np.int32(v)
+
+
+def f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def i64(v) -> np.int64:
+    return np.int64(int(v))

@@ -1,0 +1,78 @@
+"""Shared fixtures: run one test body on every available backend.
+
+PYALEXNET_TEST_BACKENDS (comma-separated, default "emu,cuda") limits the kernel backends:
+the GPU check sets it to "cuda". Emulator cases run under forward and random thread order.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from pyalexnet.backends import BackendUnavailable, cuda_available, get_backend
+
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def _wanted():
+    return [b.strip() for b in os.environ.get("PYALEXNET_TEST_BACKENDS", "emu,cuda").split(",")]
+
+
+KERNEL_BACKENDS = [
+    pytest.param(("emu", "forward"), id="emu-forward"),
+    pytest.param(("emu", "random"), id="emu-random"),
+    pytest.param(("cuda", None), id="cuda"),
+]
+
+
+def _make(spec):
+    name, order = spec
+    if name not in _wanted():
+        pytest.skip(f"{name} not in PYALEXNET_TEST_BACKENDS")
+    if name == "cuda":
+        if not cuda_available():
+            pytest.skip("cuda backend: no CuPy or no GPU on this machine")
+        return get_backend("cuda")
+    try:
+        return get_backend("emu", order=order, seed=1234)
+    except BackendUnavailable as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request):
+    """A backend that runs the CUDA kernels: emu (forward and random order) and cuda."""
+    return _make(request.param)
+
+
+@pytest.fixture(params=[pytest.param(("numpy", None), id="numpy")] + KERNEL_BACKENDS)
+def backend(request):
+    """Every backend, the NumPy reference included."""
+    if request.param[0] == "numpy":
+        return get_backend("numpy")
+    return _make(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20121203)
+
+
+def assert_matches_reference(actual, reference, reduction=1, what="result"):
+    """float32 kernel output against a float64 reference.
+
+    Tolerance: atol + rtol*|ref| with rtol = 16 eps32 sqrt(reduction length) and atol the
+    same fraction of the reference's largest magnitude (sums of mixed signs cancel).
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape} != {reference.shape}"
+    assert np.all(np.isfinite(actual)), f"{what}: non-finite values in the kernel output"
+    rtol = 16 * F32_EPS * max(1, reduction) ** 0.5
+    atol = rtol * (np.max(np.abs(reference)) if reference.size else 0)
+    err = np.abs(actual - reference) - (atol + rtol * np.abs(reference))
+    if err.size and err.max() > 0:
+        i = np.unravel_index(np.argmax(err), err.shape)
+        bad = int(np.sum(err > 0))
+        raise AssertionError(f"{what}: {bad} of {err.size} entries off; worst at {i}: "
+                             f"kernel {actual[i]!r} vs reference {reference[i]!r} "
+                             f"(rtol {rtol:.2g}, atol {atol:.2g})")
