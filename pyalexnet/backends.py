@@ -57,7 +57,7 @@ class Backend:
     xp = np  # the array module
 
     def asarray(self, a, dtype=np.float32):
-        """A C-contiguous array of this backend holding ``a``."""
+        """A C-contiguous array of this backend holding ``a`` (may be ``a`` itself)."""
         return np.ascontiguousarray(a, dtype=dtype)
 
     def to_numpy(self, a):
