@@ -124,6 +124,7 @@ class EmuBackend(Backend):
             raise ValueError(f"emu thread order must be one of {self.ORDERS}, got {self.order!r}")
         self.seed = int(seed if seed is not None else os.environ.get("PYALEXNET_EMU_SEED", 0))
         self._files = {}
+        self.last_fibers = 0  # fiber stacks the last launch's busiest block held at once
 
     def _launch(self, file, kernel, grid, block, args, shared_mem):
         known = self._files.get(kernel)
@@ -136,8 +137,8 @@ class EmuBackend(Backend):
         if Path(known).name != Path(file).name:
             raise KernelError(f"kernel {kernel} lives in {known}, not {file}")
         try:
-            self._emu.launch(kernel, grid, block, shared_mem, args, self.threads,
-                             self.ORDERS.index(self.order), self.seed)
+            self.last_fibers = self._emu.launch(kernel, grid, block, shared_mem, args, self.threads,
+                                                self.ORDERS.index(self.order), self.seed)
         except RuntimeError as e:
             raise KernelError(str(e)) from None
 

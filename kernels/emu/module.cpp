@@ -34,6 +34,7 @@ PYBIND11_MODULE(_emu, m) {
     return names;
   });
   m.def("kernel_file", [](const std::string& name) { return kernels().at(name).file; });
+  // Returns the most fiber stacks one block held at once (1: no barrier was reached).
   m.def(
       "launch",
       [](const std::string& name, const std::vector<unsigned>& grid,
@@ -54,7 +55,7 @@ PYBIND11_MODULE(_emu, m) {
         opt.seed = seed;
         dim3 g = to_dim3(grid, "grid"), b = to_dim3(block, "block");
         py::gil_scoped_release nogil;
-        cuemu::launch(name, body, g, b, opt);
+        return cuemu::launch(name, body, g, b, opt);
       },
       py::arg("name"), py::arg("grid"), py::arg("block"), py::arg("shared_mem"), py::arg("args"),
       py::arg("threads") = 1, py::arg("order") = 0, py::arg("seed") = 0);

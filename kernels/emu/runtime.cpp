@@ -354,8 +354,8 @@ struct BlockRunner {
   }
 };
 
-void launch(const std::string& name, const std::function<void()>& body, dim3 grid, dim3 block,
-            const LaunchOptions& opt) {
+int launch(const std::string& name, const std::function<void()>& body, dim3 grid, dim3 block,
+           const LaunchOptions& opt) {
   unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
   if (nthreads == 0 || nthreads > 1024)
     throw std::invalid_argument("kernel " + name + ": block of " + std::to_string(nthreads) +
@@ -364,13 +364,14 @@ void launch(const std::string& name, const std::function<void()>& body, dim3 gri
   if (grid.y > 65535 || grid.z > 65535)
     throw std::invalid_argument("kernel " + name + ": gridDim.y/z above 65535");
   unsigned long long nblocks = (unsigned long long)grid.x * grid.y * grid.z;
-  if (nblocks == 0) return;
+  if (nblocks == 0) return 0;
   int workers = (int)std::max<unsigned long long>(1, std::min<unsigned long long>(
                                                          (unsigned long long)std::max(1, opt.threads), nblocks));
   std::atomic<unsigned long long> next{0};
   std::atomic<bool> failed{false};
   std::mutex err_mu;
   std::string err;
+  std::atomic<int> max_stacks{0};
 
   auto work = [&]() {
     std::vector<Stack*> stacks;
@@ -392,6 +393,9 @@ void launch(const std::string& name, const std::function<void()>& body, dim3 gri
         tls_cur.block_idx = uint3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
                                   (unsigned)(b / ((unsigned long long)grid.x * grid.y))};
         r.run(body, block, b);
+        int used = (int)r.stacks_used, seen = max_stacks.load();
+        while (used > seen && !max_stacks.compare_exchange_weak(seen, used)) {
+        }
       }
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> g(err_mu);
@@ -410,6 +414,7 @@ void launch(const std::string& name, const std::function<void()>& body, dim3 gri
     for (auto& th : pool) th.join();
   }
   if (failed) throw std::runtime_error(err);
+  return max_stacks.load();
 }
 
 }  // namespace cuemu

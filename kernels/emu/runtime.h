@@ -91,8 +91,9 @@ struct LaunchOptions {
 };
 
 // Runs body() once per CUDA thread of the grid. Throws std::runtime_error on a divergent
-// barrier or a warp operation that can never complete.
-void launch(const std::string& name, const std::function<void()>& body, dim3 grid, dim3 block,
+// barrier or a warp operation that can never complete. Returns the most fiber stacks one
+// block held at once: 1 means every thread ran straight through (no barrier reached).
+int launch(const std::string& name, const std::function<void()>& body, dim3 grid, dim3 block,
             const LaunchOptions& opt);
 
 // "asm" (hand-written x86-64 switch) or "ucontext" (portable). Returns false if unknown.

@@ -1,0 +1,145 @@
+"""Dropout with a counter-based generator (Philox4x32-10), identical on every backend.
+
+Mask rule (kernels/dropout.cu implements the same, bit for bit): element ``i`` of the
+flattened array is in group ``g = i // 4``; the generator's four words for
+counter ``(g & 0xffffffff, g >> 32, 0, 0)`` under key ``(seed & 0xffffffff, seed >> 32)``
+belong to elements ``4g .. 4g+3``; with ``u = (word >> 8) / 2**24`` the element is kept iff
+``u >= p``, evaluated exactly as ``(word >> 8) >= ceil(p * 2**24)``. So the mask is a pure
+function of (shape size, p, seed): the backward pass regenerates it, and the numpy, emu and
+cuda backends draw the same mask on every run.
+
+Modes: ``"inverted"`` scales kept units by 1/(1-p) in training and is the identity at test
+time; ``"classic"`` (the paper) keeps units unscaled in training and multiplies by (1-p) at
+test time. Dropped units are exactly 0, even where the input was inf or NaN.
+"""
+import numpy as np
+
+from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, f32, i32, i64
+
+KERNELS = "dropout.cu"
+MODES = ("inverted", "classic")
+
+# Philox4x32-10 constants (Salmon et al. 2011; Random123).
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_U32 = 0xFFFFFFFF
+
+
+def philox4x32_10_reference(counter, key):
+    """Philox4x32-10 in NumPy, vectorised over any number of counters.
+
+    counter: 4 uint32 arrays (or a (4, ...) array), key: 2 uint32 arrays or ints, all
+    broadcastable. Returns a (4, ...) uint32 array of output words. The 32x32->64-bit
+    products are done in uint64, so every step is exact integer arithmetic.
+    """
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & _U32 for c in counter)
+    k0, k1 = (np.asarray(k, dtype=np.uint64) & _U32 for k in key)
+    m0, m1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
+    w0, w1 = np.uint64(PHILOX_W0), np.uint64(PHILOX_W1)
+    mask, shift = np.uint64(_U32), np.uint64(32)
+    for _ in range(10):
+        p0, p1 = m0 * c0, m1 * c2  # < 2**64: no wrap-around
+        c0, c1, c2, c3 = ((p1 >> shift) ^ c1 ^ k0, p1 & mask, (p0 >> shift) ^ c3 ^ k1, p0 & mask)
+        k0, k1 = (k0 + w0) & mask, (k1 + w1) & mask
+    return np.stack(np.broadcast_arrays(c0, c1, c2, c3)).astype(np.uint32)
+
+
+def _check_p(p):
+    p = float(p)
+    if not 0.0 <= p < 1.0:  # also rejects NaN
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+    return p
+
+
+def _seed_key(seed):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"dropout seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"dropout seed must be in [0, 2**64), got {seed}")
+    return seed & _U32, seed >> 32
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"dropout mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def _threshold(p):
+    """ceil(p * 2**24): exact in float64, since scaling by a power of two is exact."""
+    return int(np.ceil(p * 2.0**24))
+
+
+def _train_scale(p, mode):
+    return 1.0 / (1.0 - p) if mode == "inverted" else 1.0
+
+
+def _test_scale(p, mode):
+    return 1.0 if mode == "inverted" else 1.0 - p
+
+
+def dropout_mask_reference(shape, p, seed):
+    """The keep mask (True = kept) for an array of ``shape``, as the kernel draws it."""
+    p, (k0, k1) = _check_p(p), _seed_key(seed)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    g = np.arange(ceil_div(n, 4), dtype=np.uint64)
+    zero = np.zeros_like(g)
+    words = philox4x32_10_reference((g & np.uint64(_U32), g >> np.uint64(32), zero, zero),
+                                    (k0, k1))
+    # words[j, g] is element 4g + j: transpose to element order, drop the tail.
+    return ((words.T.reshape(-1)[:n] >> 8) >= _threshold(p)).reshape(shape)
+
+
+def dropout_forward_reference(x, p=0.5, seed=0, mode="inverted", train=True):
+    p, mode = _check_p(p), _check_mode(mode)
+    if not train:
+        return x * x.dtype.type(_test_scale(p, mode))
+    keep = dropout_mask_reference(x.shape, p, seed)
+    return np.where(keep, x * x.dtype.type(_train_scale(p, mode)), 0).astype(x.dtype)
+
+
+def dropout_backward_reference(dy, p=0.5, seed=0, mode="inverted"):
+    """dx = dy * mask * scale (the training-mode map, which is linear in its input)."""
+    return dropout_forward_reference(dy, p, seed, mode, train=True)
+
+
+def _apply(be, x, threshold, scale, key):
+    if x.dtype != np.float32:
+        raise TypeError(f"dropout kernels take float32 arrays, got {x.dtype}")
+    y = be.empty(x.shape)
+    be.launch(KERNELS, "dropout_apply", elementwise_grid(ceil_div(x.size, 4)), ELEMENTWISE_BLOCK,
+              [x, y, i64(x.size), np.uint32(threshold), f32(scale), np.uint32(key[0]),
+               np.uint32(key[1])])
+    return y
+
+
+def dropout_forward(be, x, p=0.5, seed=0, mode="inverted", train=True):
+    """Training: y = x * mask * (1/(1-p) if inverted else 1). Test: y = x (inverted) or
+    x * (1-p) (classic). Same seed, same mask, on every backend."""
+    p, mode, key = _check_p(p), _check_mode(mode), _seed_key(seed)
+    if not be.runs_kernels:
+        return dropout_forward_reference(x, p, seed, mode, train)
+    if not train:  # threshold 0 keeps every unit and draws no numbers
+        return _apply(be, x, 0, _test_scale(p, mode), key)
+    return _apply(be, x, _threshold(p), _train_scale(p, mode), key)
+
+
+def dropout_backward(be, dy, p=0.5, seed=0, mode="inverted"):
+    """dx = dy * mask * scale, the mask regenerated from ``seed`` (pass the forward's)."""
+    return dropout_forward(be, dy, p, seed, mode, train=True)
+
+
+def philox_words(be, counters, keys):
+    """Run the kernel's generator on (n, 4) counters and (n, 2) keys: (n, 4) uint32 words.
+
+    A test hook, so the kernel's Philox can be checked against known-answer vectors."""
+    ck = np.concatenate([np.asarray(counters, np.uint32).reshape(-1, 4),
+                         np.asarray(keys, np.uint32).reshape(-1, 2)], axis=1)
+    if not be.runs_kernels:
+        return philox4x32_10_reference(ck[:, :4].T, ck[:, 4:].T).T.copy()
+    out = be.empty((ck.shape[0], 4), dtype=np.uint32)
+    be.launch(KERNELS, "dropout_philox_words", elementwise_grid(ck.shape[0]), ELEMENTWISE_BLOCK,
+              [be.asarray(ck, dtype=np.uint32), out, i32(ck.shape[0])])
+    return be.to_numpy(out)
