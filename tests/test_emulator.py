@@ -51,9 +51,16 @@ def test_missing_barrier_gives_wrong_result(order):
 def test_random_order_depends_on_seed():
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((2, 32, 32)).astype(np.float32)
-    # one OS thread: which stale tile a racing read sees then depends only on the order
-    runs = [matmul(emu("random", seed=s, threads=1), "selftest_tiled_matmul_missing_barrier", a, b)
-            for s in (1, 1, 2)]
+    zero = np.zeros_like(a)
+
+    def racy(seed):
+        # One OS thread, and shared memory first filled with zeros by a clean launch: what a
+        # racing read sees then depends only on the thread order.
+        matmul(emu(threads=1), "selftest_tiled_matmul", zero, zero)
+        return matmul(emu("random", seed=seed, threads=1), "selftest_tiled_matmul_missing_barrier",
+                      a, b)
+
+    runs = [racy(s) for s in (1, 1, 2)]
     np.testing.assert_array_equal(runs[0], runs[1])  # same seed: same interleaving
     assert not np.array_equal(runs[0], runs[2])
 
