@@ -56,7 +56,7 @@ def test_random_order_depends_on_seed():
     def racy(seed):
         # One OS thread, and shared memory first filled with zeros by a clean launch: what a
         # racing read sees then depends only on the thread order.
-        matmul(emu(threads=1), "selftest_tiled_matmul", zero, zero)
+        matmul(emu(threads=1), "selftest_tiled_matmul_missing_barrier", zero, zero)
         return matmul(emu("random", seed=seed, threads=1), "selftest_tiled_matmul_missing_barrier",
                       a, b)
 
