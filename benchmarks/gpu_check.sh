@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The prepared GPU check. On a machine with an NVIDIA GPU and no network it installs
+# pyalexnet from this working tree using only packages already there (CuPy, NumPy,
+# Pillow, pybind11, pytest, PyTorch), runs the whole test suite on the cuda backend, the
+# kernel benchmark and a short end-to-end AlexNet run, and writes logs plus summary.json
+# into $OUT (default: a new temporary folder). Budget: under 8 minutes.
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/pyalexnet-cupy-cache}
+T0=$(date +%s)
+step() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.log"; }
+
+step "device"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+"$PY" -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)" \
+  > "$OUT/versions.txt" 2>&1
+
+step "install (no network, no build isolation)"
+if ! "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1; then
+  step "pip install failed; building the extension in place instead"
+  "$PY" setup.py build_ext --inplace >> "$OUT/install.log" 2>&1
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+step "test suite on the cuda backend"
+PYALEXNET_TEST_BACKENDS=cuda timeout 270 "$PY" -m pytest -q -p no:cacheprovider tests \
+  --junitxml="$OUT/junit-cuda.xml" > "$OUT/pytest-cuda.log" 2>&1
+echo "pytest exit $?" >> "$OUT/pytest-cuda.log"
+tail -3 "$OUT/pytest-cuda.log" | tee -a "$OUT/steps.log"
+
+step "kernel benchmark (batch 128, vs cuDNN/cuBLAS)"
+timeout 150 "$PY" benchmarks/bench_kernels.py --repeats 10 --out "$OUT/kernels.json" \
+  > "$OUT/bench_kernels.log" 2>&1
+echo "bench exit $?" >> "$OUT/bench_kernels.log"
+
+if [ -f benchmarks/bench_alexnet.py ]; then
+  step "end-to-end AlexNet (two devices mapped onto one GPU)"
+  timeout 100 "$PY" benchmarks/bench_alexnet.py --out "$OUT/alexnet.json" \
+    > "$OUT/bench_alexnet.log" 2>&1
+  echo "bench exit $?" >> "$OUT/bench_alexnet.log"
+fi
+
+step "summary"
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys, pathlib, xml.etree.ElementTree as ET
+out = pathlib.Path(sys.argv[1])
+s = {"device": (out / "nvidia-smi.txt").read_text().splitlines()[:12],
+     "versions": (out / "versions.txt").read_text().strip()}
+junit = out / "junit-cuda.xml"
+if junit.exists():
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    s["tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    s["tests"]["seconds"] = float(suite.get("time", 0))
+    s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
+                         if c.find("failure") is not None or c.find("error") is not None]
+for name in ("kernels", "alexnet"):
+    p = out / f"{name}.json"
+    if p.exists():
+        s[name] = json.loads(p.read_text())
+(out / "summary.json").write_text(json.dumps(s, indent=1))
+print(json.dumps(s.get("tests"), indent=None))
+PYEOF
+step "done"
