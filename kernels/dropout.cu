@@ -2,7 +2,8 @@
 //
 // Mask rule (pyalexnet/ops/dropout.py mirrors it bit for bit in NumPy):
 //   element i (flat index, 64-bit) belongs to group g = i / 4;
-//   words = Philox4x32-10(counter = (g low 32, g high 32, 0, 0), key = (seed low 32, seed high 32));
+//   words = Philox4x32-10(counter = (g low 32, g high 32, 0, 0),
+//                         key = (seed low 32, seed high 32));
 //   u = (words[i % 4] >> 8) / 2^24, i.e. pa_uniform24;  keep iff u >= p.
 // The host passes the comparison as the integer threshold ceil(p * 2^24), so
 // "keep iff (word >> 8) >= threshold" is exact on every backend (no float rounding or

@@ -75,6 +75,23 @@ def test_unaligned_views_take_the_scalar_path(kernel_backend, rng):
     np.testing.assert_array_equal(y, dropout_forward_reference(be.to_numpy(x), 0.25, 9))
 
 
+def test_threshold_boundary_is_kept(kernel_backend, rng):
+    # Choose p so that an element's uniform equals p exactly: the rule "keep iff u >= p"
+    # keeps it; a kernel comparing with ">" (or rounding p differently) would drop it.
+    be = kernel_backend
+    seed, n = 4242, 37
+    g = np.arange(10, dtype=np.uint32)
+    words = philox4x32_10_reference((g, 0 * g, 0 * g, 0 * g), (seed, 0)).T.reshape(-1)[:n]
+    u24 = words >> 8
+    i = int(np.argmax((u24 > 2**20) & (u24 < 2**24 - 2**20)))  # a middling one
+    p = float(u24[i]) / 2**24
+    x = rng.standard_normal(n).astype(np.float32) + 10  # never 0
+    y = be.to_numpy(dropout_forward(be, be.asarray(x), p, seed))
+    mask = dropout_mask_reference(n, p, seed)
+    assert mask[i] and y[i] != 0
+    assert np.array_equal(y != 0, mask) and np.array_equal(u24 >= u24[i], mask)
+
+
 def test_same_seed_same_mask_different_seed_differs(kernel_backend):
     be = kernel_backend
     x = be.asarray(np.ones(5000, np.float32))
