@@ -228,17 +228,19 @@ class CudaBackend(Backend):
         self.device.synchronize()
 
     def function(self, file, kernel):
+        """The compiled kernel (NVRTC runs on first use; CuPy caches the binary on disk)."""
         key = (file, kernel)
         fn = self._functions.get(key)
         if fn is None:
             with self.device:
-                module = self._modules.get(file)
-                if module is None:
-                    module = self._modules[file] = self.cupy.RawModule(
-                        code=kernel_source(file), options=NVRTC_OPTIONS)
                 try:
-                    fn = module.get_function(kernel)  # NVRTC compiles here, on first use
+                    module = self._modules.get(file)
+                    if module is None:
+                        module = self._modules[file] = self.cupy.RawModule(
+                            code=kernel_source(file), options=NVRTC_OPTIONS)
+                    fn = module.get_function(kernel)
                 except self.cupy.cuda.compiler.CompileException as e:
+                    self._modules.pop(file, None)
                     raise KernelError(f"NVRTC could not compile kernels/{file}:\n{e}") from None
             self._functions[key] = fn
         return fn

@@ -82,3 +82,24 @@ def test_kernel_source_compiles_and_reports_real_file(tmp_path):
     p = subprocess.run([nvcc, "--cubin", "-arch=sm_90", "-o", os.devnull, str(bad)],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "relu.cu(" in p.stdout + p.stderr
+
+
+def test_cuda_compile_error_names_the_file(monkeypatch):
+    if not pyalexnet.backends.cuda_available():
+        pytest.skip("cuda backend: no CuPy or no GPU on this machine")
+    be = CudaBackend()
+    broken = kernel_source("relu.cu").replace("y[i] = v < 0.0f", "y[i] = undeclared_name < 0.0f")
+    monkeypatch.setattr(pyalexnet.backends, "kernel_source", lambda file: broken)
+    with pytest.raises(pyalexnet.KernelError) as e:
+        be.function("relu.cu", "relu_forward")
+    assert "kernels/relu.cu" in str(e.value) and "undeclared_name" in str(e.value)
+
+
+def test_cuda_runs_a_kernel():
+    if not pyalexnet.backends.cuda_available():
+        pytest.skip("cuda backend: no CuPy or no GPU on this machine")
+    be = get_backend("cuda")
+    x = be.asarray(np.array([-1.0, 2.0, -3.0, 4.0]))
+    y = be.empty(4)
+    be.launch("relu.cu", "relu_forward", 1, 32, [x, y, np.int64(4)])
+    assert be.to_numpy(y).tolist() == [0.0, 2.0, 0.0, 4.0]
