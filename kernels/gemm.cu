@@ -247,7 +247,10 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, floa
 }
 
 // ---- instantiations: gemm_<op(A)><op(B)>_<tile>, n = as stored, t = transposed ----------
-// (Written out one by one: the emulator build finds kernels by their declarations.)
+// (Written out one by one: the emulator build finds kernels by their declarations.) The
+// __launch_bounds__ minimum blocks per SM keep registers at <= 128 (128x128 tile) and <= 64
+// (the others) so that 2 or 4 blocks stay resident; pyalexnet/ops/linear.py plans with this.
+// gemm_nn_128 fits in 128 without the hint (125 on sm_90), but spills with it; so no hint.
 #define GEMM_PARAMS                                                                    \
   const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C, int M, \
       int N, int K, float alpha, float beta, int k_chunk
@@ -259,37 +262,37 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, floa
 extern "C" __global__ void __launch_bounds__(256) gemm_nn_128(GEMM_PARAMS) {
   gemm_tile<false, false, GEMM_CFG_128>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_nt_128(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 2) gemm_nt_128(GEMM_PARAMS) {
   gemm_tile<false, true, GEMM_CFG_128>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_tn_128(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 2) gemm_tn_128(GEMM_PARAMS) {
   gemm_tile<true, false, GEMM_CFG_128>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_tt_128(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 2) gemm_tt_128(GEMM_PARAMS) {
   gemm_tile<true, true, GEMM_CFG_128>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_nn_64(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_nn_64(GEMM_PARAMS) {
   gemm_tile<false, false, GEMM_CFG_64>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_nt_64(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_nt_64(GEMM_PARAMS) {
   gemm_tile<false, true, GEMM_CFG_64>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_tn_64(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_tn_64(GEMM_PARAMS) {
   gemm_tile<true, false, GEMM_CFG_64>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_tt_64(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_tt_64(GEMM_PARAMS) {
   gemm_tile<true, true, GEMM_CFG_64>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_nn_8(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_nn_8(GEMM_PARAMS) {
   gemm_tile<false, false, GEMM_CFG_8>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_nt_8(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_nt_8(GEMM_PARAMS) {
   gemm_tile<false, true, GEMM_CFG_8>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_tn_8(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_tn_8(GEMM_PARAMS) {
   gemm_tile<true, false, GEMM_CFG_8>(GEMM_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(256) gemm_tt_8(GEMM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_tt_8(GEMM_PARAMS) {
   gemm_tile<true, true, GEMM_CFG_8>(GEMM_ARGS);
 }
 

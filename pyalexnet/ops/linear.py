@@ -1,0 +1,214 @@
+"""Fully connected layers on our own tiled SGEMM (kernels/gemm.cu; no cuBLAS), plus bias.
+
+    y  = x @ w.T + b        linear_forward          gemm(x, w, trans_b=True) + bias_add
+    dx = dy @ w             linear_backward_data    gemm(dy, w)
+    dw = dy.T @ x           linear_backward_weight  gemm(dy, x, trans_a=True)
+    db = dy.sum(0)          linear_backward_bias    bias.bias_backward
+
+x (N, in), w (out, in), b (out,), dy (N, out). All matrices row-major float32.
+
+gemm() picks a tile configuration (128x128, 64x64, or 8x256 for the batch-2 layers) and a
+split-K factor (partials summed in fixed order) from a small cost model of waves of blocks
+on the GPU (``gemm_plan``), so that skinny products still fill every SM.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._launch import ceil_div, elementwise_grid, ELEMENTWISE_BLOCK, f32, i32, i64
+from .bias import bias_add, bias_backward
+
+KERNELS = "gemm.cu"
+THREADS = 256
+# name -> (BM, BN, BK); must match the GEMM_CFG_* instantiations in kernels/gemm.cu.
+TILES = {"128": (128, 128, 8), "64": (64, 64, 16), "8": (8, 256, 16)}
+# Planner model, measured on an H200 (benchmarks sweep): resident blocks per SM (the
+# __launch_bounds__ minimums in gemm.cu) and microseconds per unit of K for one full wave.
+TILE_OCCUPANCY = {"128": 2, "64": 4, "8": 4}
+TILE_US_PER_K = {"128": 0.20, "64": 0.16, "8": 0.185}
+SPLIT_BYTES_PER_US = 3.0e6  # split-K partials: written once, read once by the reduction
+DEFAULT_SMS = 132  # H200; used to plan on backends that have no device to ask (emu)
+MIN_SPLIT_K = 128  # at least this much K per split
+MAX_SPLITS = 32
+MAX_GRID_Y = 65535
+
+
+# ---- references (dtype-generic: float64 for gradient checks) ------------------------------
+def gemm_reference(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None):
+    """alpha * op(a) @ op(b) + beta * c (c ignored when beta == 0, as in BLAS)."""
+    out = alpha * ((a.T if trans_a else a) @ (b.T if trans_b else b))
+    if beta != 0:
+        out = out + beta * c
+    return out
+
+
+def linear_forward_reference(x, w, b=None):
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def linear_backward_data_reference(dy, w):
+    return dy @ w
+
+
+def linear_backward_weight_reference(x, dy):
+    return dy.T @ x
+
+
+def linear_backward_bias_reference(dy):
+    return dy.sum(axis=0)
+
+
+# ---- planning ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GemmPlan:
+    tile: str
+    splits: int
+    k_chunk: int
+    grid: tuple
+
+
+def _sm_count(be):
+    device = getattr(be, "device", None)
+    if device is not None:
+        return int(device.attributes["MultiProcessorCount"])
+    return DEFAULT_SMS
+
+
+def _split_chunk(k, splits, bk):
+    """K per split (a whole number of BK tiles) and the split count with none empty."""
+    k_chunk = max(bk, ceil_div(ceil_div(max(k, 1), splits), bk) * bk)
+    return k_chunk, max(1, ceil_div(k, k_chunk))
+
+
+def gemm_cost_us(m, n, k, tile, splits, sms=DEFAULT_SMS):
+    """Modelled time: whole waves of resident blocks times K per split, plus the split-K
+    reduction's traffic. A last, partial wave costs in proportion to the blocks it puts on
+    each SM (one block alone on an SM runs at about half its share of a full wave)."""
+    bm, bn, bk = TILES[tile]
+    k_chunk, splits = _split_chunk(k, splits, bk)
+    blocks = ceil_div(m, bm) * ceil_div(n, bn) * splits
+    occupancy = TILE_OCCUPANCY[tile]
+    full, rest = divmod(blocks, occupancy * sms)
+    waves = full + (0.1 + 0.9 * ceil_div(rest, sms) / occupancy if rest else 0.0)
+    reduce = (splits + 1) * m * n * 4 / SPLIT_BYTES_PER_US if splits > 1 else 0.0
+    return waves * k_chunk * TILE_US_PER_K[tile] + reduce
+
+
+def gemm_plan(m, n, k, sms=DEFAULT_SMS, tile=None, splits=None):
+    """Tile configuration and split-K factor for an M x N x K product: the cheapest by
+    gemm_cost_us. tile / splits force a choice (tests use this to cover every path)."""
+    if tile is not None and tile not in TILES:
+        raise ValueError(f"gemm tile must be one of {sorted(TILES)}, got {tile!r}")
+    tiles = [tile] if tile is not None else list(TILES)
+    if splits is not None:
+        choices = [(t, max(1, int(splits))) for t in tiles]
+    else:
+        most = max(1, min(MAX_SPLITS, k // MIN_SPLIT_K))
+        choices = [(t, s) for t in tiles for s in range(1, most + 1)]
+    # ties go to the first: larger tiles and fewer splits come first
+    tile, splits = min(choices, key=lambda c: gemm_cost_us(m, n, k, c[0], c[1], sms))
+    bm, bn, bk = TILES[tile]
+    k_chunk, splits = _split_chunk(k, splits, bk)
+    if ceil_div(m, bm) > MAX_GRID_Y:
+        raise ValueError(f"gemm: M = {m} rows exceed the grid limit ({MAX_GRID_Y} tiles of {bm})")
+    return GemmPlan(tile, splits, k_chunk, (ceil_div(n, bn), ceil_div(m, bm), splits))
+
+
+# ---- launchers --------------------------------------------------------------------------
+def _check_matrix(a, what):
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D matrix, got shape {tuple(a.shape)}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{what} must be float32, got {a.dtype}")
+
+
+def _gemm_dims(a, b, trans_a, trans_b):
+    _check_matrix(a, "gemm: a")
+    _check_matrix(b, "gemm: b")
+    m, ka = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if ka != kb:
+        raise ValueError(f"gemm: op(a) is {m}x{ka} but op(b) is {kb}x{n} "
+                         f"(trans_a={trans_a}, trans_b={trans_b}); inner dimensions differ")
+    return int(m), int(n), int(ka)
+
+
+def gemm(be, a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, *,
+         tile=None, splits=None):
+    """c = alpha * op(a) @ op(b) + beta * c, where op(x) = x.T if trans_x else x; returns c.
+
+    a, b: C-contiguous float32 matrices (pass trans_* rather than a transposed view). c:
+    (M, N) output, written in place; allocated when None (then beta must be 0). With
+    beta == 0, c is not read. Deterministic: split-K partials are summed in fixed order.
+    tile ("128", "64", "8") and splits override the automatic plan (for tests/benchmarks).
+    """
+    m, n, k = _gemm_dims(a, b, trans_a, trans_b)
+    if c is None:
+        if beta != 0:
+            raise ValueError("gemm: beta != 0 needs an input c")
+        c = be.empty((m, n))
+    else:
+        _check_matrix(c, "gemm: c")
+        if tuple(c.shape) != (m, n):
+            raise ValueError(f"gemm: c has shape {tuple(c.shape)}, the product is {(m, n)}")
+        if c is a or c is b:
+            raise ValueError("gemm: c must not be one of the inputs")
+    if not be.runs_kernels:
+        c[...] = gemm_reference(a, b, trans_a, trans_b, alpha, beta, c)
+        return c
+    for x, name in ((a, "a"), (b, "b"), (c, "c")):
+        if not x.flags.c_contiguous:
+            raise ValueError(f"gemm: {name} must be C-contiguous (for a transposed operand pass "
+                             "the untransposed array and trans_a/trans_b)")
+    if m == 0 or n == 0:
+        return c
+    plan = gemm_plan(m, n, k, _sm_count(be), tile, splits)
+    kernel = f"gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}_{plan.tile}"
+    out = c if plan.splits == 1 else be.empty((plan.splits, m, n))
+    be.launch(KERNELS, kernel, plan.grid, THREADS,
+              [a, b, out, i32(m), i32(n), i32(k), f32(alpha), f32(beta), i32(plan.k_chunk)])
+    if plan.splits > 1:
+        be.launch(KERNELS, "gemm_splitk_reduce", elementwise_grid(m * n), ELEMENTWISE_BLOCK,
+                  [out, c, i64(m * n), i32(plan.splits), f32(alpha), f32(beta)])
+    return c
+
+
+def _check_linear(**named):
+    for what, a in named.items():
+        _check_matrix(a, f"linear: {what}")
+
+
+def linear_forward(be, x, w, b=None):
+    """y = x @ w.T + b; x (N, in), w (out, in), b (out,) or None."""
+    _check_linear(x=x, w=w)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"linear: x has {x.shape[1]} features, w expects {w.shape[1]} "
+                         f"(w is (out, in) = {tuple(w.shape)})")
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"linear: bias of shape {tuple(b.shape)} for {w.shape[0]} outputs")
+    y = gemm(be, x, w, trans_b=True)
+    if b is not None:
+        bias_add(be, y, b)
+    return y
+
+
+def linear_backward_data(be, dy, w):
+    """dx = dy @ w; dy (N, out), w (out, in) -> (N, in)."""
+    _check_linear(dy=dy, w=w)
+    if dy.shape[1] != w.shape[0]:
+        raise ValueError(f"linear: dy has {dy.shape[1]} outputs, w has {w.shape[0]}")
+    return gemm(be, dy, w)
+
+
+def linear_backward_weight(be, x, dy):
+    """dw = dy.T @ x; x (N, in), dy (N, out) -> (out, in)."""
+    _check_linear(x=x, dy=dy)
+    if dy.shape[0] != x.shape[0]:
+        raise ValueError(f"linear: dy has batch {dy.shape[0]}, x has batch {x.shape[0]}")
+    return gemm(be, dy, x, trans_a=True)
+
+
+def linear_backward_bias(be, dy):
+    """db = dy.sum(0) (deterministic)."""
+    return bias_backward(be, dy)
