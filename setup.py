@@ -72,6 +72,9 @@ emu = Pybind11Extension(
     "pyalexnet._emu",
     sources=[generate_kernel_unit().relative_to(ROOT).as_posix(), "kernels/emu/runtime.cpp", "kernels/emu/module.cpp"],
     include_dirs=[str(KERNELS), str(KERNELS / "emu")],
+    # Editing any kernel or emulator header must rebuild: the generated unit includes them.
+    depends=[p.relative_to(ROOT).as_posix() for p in sorted(KERNELS.rglob("*"))
+             if p.suffix in (".cu", ".cuh", ".h")],
     cxx_std=17,
     extra_compile_args=["-O2", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"],
     extra_link_args=["-pthread"],

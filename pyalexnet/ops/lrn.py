@@ -36,7 +36,8 @@ def _a(alpha, size, alpha_over_n):
 
 
 def _check_params(size, alpha, beta, k):
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
+    integer = isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+    if not integer or size < 1 or size % 2 == 0:
         raise ValueError(f"LRN size must be a positive odd integer (a window centred on the "
                          f"channel), got {size!r}")
     if not k > 0:
@@ -104,6 +105,9 @@ def _geometry(shape, size, rings):
     while chunk > MIN_CHUNK and pixels * ceil_div(c, chunk) < TARGET_THREADS:
         chunk //= 2
     grid = (ceil_div(pixels, block), ceil_div(c, chunk))
+    if grid[1] > 65535:
+        raise ValueError(f"LRN over {c} channels needs {grid[1]} blocks along grid.y "
+                         "(at most 65535)")
     args = [i32(c), i32(h * w), i32(pixels), i32(half), i32(chunk)]
     return grid, block, shared, args
 
