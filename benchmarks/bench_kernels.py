@@ -256,7 +256,7 @@ def build_cases(be, torch, batch, scale, rng):
 
     def ref_xent():
         lg, lb = host(logits).astype(np.float64), host(labels)
-        _, probs = softmax.softmax_cross_entropy_forward_reference(lg, lb)
+        _, probs = softmax.softmax_cross_entropy_reference(lg, lb)
         return softmax.softmax_cross_entropy_backward_reference(probs, lb)
 
     cases.append(Case("softmax+xent fwd+bwd", f"logits{tuple(logits.shape)}", bytes=3.0 * logits.nbytes,
@@ -359,7 +359,7 @@ def print_header():
 
 
 def fmt(v, f):
-    return format(v, f) if v is not None else "-"
+    return format(v, f) if v is not None else "-".rjust(int(f.split(".")[0]))
 
 
 def print_row(r):
