@@ -272,7 +272,8 @@ __device__ __forceinline__ void conv_mainloop(const State& st, int kbeg, int ken
 #pragma unroll
       for (int i = 0; i < BM / 16; ++i)
 #pragma unroll
-        for (int j = 0; j < BN / 16; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        for (int j = 0; j < BN / 16; ++j) acc[i][j] += a[i] * b[j];  // FFMA (nvcc contracts);
+                                                                     // fmaf is a libm call in g++
     }
     if (!more) break;
     buf ^= 1;
@@ -365,6 +366,52 @@ __device__ __forceinline__ void conv_bwd_filter(const float* __restrict__ x,
       const int j = j0 + conv_col(jj);
       if (j < ncol) out[(long long)m * ncol + j] = acc[i][jj];
     }
+  }
+}
+
+// Backward data for few channels per group (conv1's C = 3, where a 64-row GEMM tile would
+// be 95% padding): one thread per input pixel and CONV_DIRECT_CB channels, visiting only
+// the taps on the stride lattice (h + pad - r = p * stride), so no work is wasted on
+// strides either. Grid-stride over (n, g, channel block, h, w), w fastest: coalesced dx
+// stores and dy loads.
+#define CONV_DIRECT_CB 4
+extern "C" __global__ void conv_bwd_data_direct(const float* __restrict__ dy,
+                                                const float* __restrict__ w,
+                                                float* __restrict__ dx, CONV_DIM_PARAMS) {
+  const conv_dims d = conv_make_dims(CONV_DIM_ARGS);
+  const int nblk = pa_ceil_div(d.Cg, CONV_DIRECT_CB);
+  const long long total = (long long)N * groups * nblk * d.HW;
+  PA_GRID_STRIDE(idx, total) {
+    const int hw = (int)(idx % d.HW);
+    long long rest = idx / d.HW;
+    const int cb = (int)(rest % nblk);
+    rest /= nblk;
+    const int g = (int)(rest % groups), n = (int)(rest / groups);
+    const int c0 = cb * CONV_DIRECT_CB, hp = hw / W + pad, wp = hw % W + pad;
+    // Output rows that see this pixel: p * stride = hp - r for a tap r in [0, R).
+    const int p_lo = max(0, (hp - R + stride) / stride), p_hi = min(P - 1, hp / stride);
+    const int q_lo = max(0, (wp - S + stride) / stride), q_hi = min(Q - 1, wp / stride);
+    float acc[CONV_DIRECT_CB];
+#pragma unroll
+    for (int cc = 0; cc < CONV_DIRECT_CB; ++cc) acc[cc] = 0.0f;
+    for (int k = 0; k < d.Kg; ++k) {
+      const float* dyk = dy + ((long long)n * K + g * d.Kg + k) * d.PQ;
+      const float* wk = w + ((long long)(g * d.Kg + k) * d.Cg + c0) * d.RS;
+      for (int p = p_lo; p <= p_hi; ++p) {
+        const int r = hp - p * stride;
+        for (int q = q_lo; q <= q_hi; ++q) {
+          const float v = __ldg(dyk + p * Q + q);
+          const int tap = r * S + wp - q * stride;
+#pragma unroll
+          for (int cc = 0; cc < CONV_DIRECT_CB; ++cc)
+            if (c0 + cc < d.Cg) acc[cc] += v * __ldg(wk + cc * d.RS + tap);
+        }
+      }
+    }
+    float* out = dx + ((long long)n * C + g * d.Cg + c0) * d.HW + hw;
+#pragma unroll
+    for (int cc = 0; cc < CONV_DIRECT_CB; ++cc)
+      if (c0 + cc < d.Cg) out[(long long)cc * d.HW] = acc[cc];
   }
 }
 

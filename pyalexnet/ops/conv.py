@@ -1,0 +1,289 @@
+"""2-D convolution over NCHW tensors: any stride, zero padding and number of groups.
+
+x (N, C, H, W), w (K, C // groups, R, S), y (N, K, P, Q) with
+P = (H + 2 pad - R) // stride + 1 and Q likewise. Group g's filters (K / groups of them)
+see only input channels g C/groups ... (g+1) C/groups - 1: AlexNet's two towers.
+
+The references are im2col + matrix product (a strided window view, then ``tensordot``, so
+BLAS does the work): fast enough to train a small net on the ``numpy`` backend, and
+dtype-generic so they run in float64 for gradient checks. The kernels (kernels/conv.cu) are
+implicit GEMMs in four tile shapes; the launcher picks one from the problem size.
+"""
+import operator
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64
+from .bias import bias_backward
+
+KERNELS = "conv.cu"
+THREADS = 256          # every conv kernel's block (CONV_THREADS)
+CHUNK = 8              # reduction chunk staged in shared memory (CONV_BK)
+DIRECT_CHANNELS = 4    # channels per thread of conv_bwd_data_direct (CONV_DIRECT_CB)
+TILES = ((128, 64), (128, 128), (64, 128), (64, 64))  # (rows BM, columns BN) per block
+# Relative speed of one block of each tile shape, measured on an H200 over AlexNet's layers
+# at batch 128 (128x64 ran as fast as 128x128; the first of equal-cost tiles wins). They
+# only ever change speed.
+TILE_SPEED = {(128, 64): 1.0, (128, 128): 1.0, (64, 128): 0.8, (64, 64): 0.7}
+TARGET_SMS = 132       # H200. Kernel choices depend on shapes only, never on the device, so
+                       # every backend runs (and tests) the same kernels and split counts.
+SPLIT_BLOCKS = 4 * TARGET_SMS  # filter gradient: aim for this many blocks...
+MIN_SPLIT = 512                # ...but give each split at least this much reduction
+DIRECT_MAX_CHANNELS = 16  # backward data: below this many channels per group, a GEMM tile
+                          # would be mostly padding; the direct kernel runs instead
+MAX_GRID_YZ = 65535
+INT32_LIMIT = 2**31
+
+
+# ---- shapes and validation ----------------------------------------------------------------
+def _as_int(name, v, low):
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"conv2d: {name} must be an integer, got {v!r}") from None
+    if v < low:
+        raise ValueError(f"conv2d: {name} must be >= {low}, got {v}")
+    return v
+
+
+def conv2d_output_shape(x_shape, w_shape, stride=1, pad=0):
+    """(N, K, P, Q) of a convolution of an (N, C, H, W) input with (K, C/g, R, S) filters."""
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"conv2d: the input must be 4-D (N, C, H, W), got shape {x_shape}")
+    if len(w_shape) != 4:
+        raise ValueError(f"conv2d: the filters must be 4-D (K, C/groups, R, S), got shape {w_shape}")
+    stride, pad = _as_int("stride", stride, 1), _as_int("pad", pad, 0)
+    n, _, h, w = x_shape
+    k, _, r, s = w_shape
+    p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1
+    if p < 1 or q < 1 or r < 1 or s < 1:
+        raise ValueError(f"conv2d: a {r}x{s} filter with pad {pad} does not fit the {h}x{w} "
+                         f"input (output would be {p}x{q})")
+    return n, k, p, q
+
+
+def _geometry(x_shape, w_shape, stride, pad, groups):
+    """Validated output shape; checks that channels and groups agree."""
+    out = conv2d_output_shape(x_shape, w_shape, stride, pad)
+    groups = _as_int("groups", groups, 1)
+    c, (k, cg) = x_shape[1], w_shape[:2]
+    if c % groups or k % groups:
+        raise ValueError(f"conv2d: groups={groups} must divide the input channels ({c}) and "
+                         f"the filters ({k})")
+    if cg * groups != c:
+        raise ValueError(f"conv2d: channel mismatch: filters of {cg} channels x groups={groups} "
+                         f"need {cg * groups} input channels, the input has {c}")
+    return out
+
+
+def _check_dy(dy_shape, expected):
+    if tuple(dy_shape) != tuple(expected):
+        raise ValueError(f"conv2d: the output gradient has shape {tuple(dy_shape)}, the "
+                         f"convolution's output is {tuple(expected)}")
+
+
+# ---- NumPy references -----------------------------------------------------------------------
+def _windows(x, r, s, stride, pad):
+    """(N, C, P, Q, R, S) view of every filter window (the im2col matrix, not copied)."""
+    if pad:
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    return sliding_window_view(x, (r, s), axis=(2, 3))[:, :, ::stride, ::stride]
+
+
+def conv2d_forward_reference(x, w, b=None, stride=1, pad=0, groups=1, relu=False):
+    n, k, p, q = _geometry(x.shape, w.shape, stride, pad, groups)
+    cg, kg = w.shape[1], k // groups
+    cols = _windows(x, w.shape[2], w.shape[3], stride, pad)
+    y = np.empty((n, k, p, q), dtype=np.result_type(x, w))
+    for g in range(groups):
+        yg = np.tensordot(w[g * kg:(g + 1) * kg], cols[:, g * cg:(g + 1) * cg],
+                          axes=([1, 2, 3], [1, 4, 5]))  # (Kg, N, P, Q)
+        y[:, g * kg:(g + 1) * kg] = yg.transpose(1, 0, 2, 3)
+    if b is not None:
+        if b.shape != (k,):
+            raise ValueError(f"conv2d: bias of shape {b.shape} for {k} filters")
+        y += b.reshape(1, k, 1, 1)
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y
+
+
+def conv2d_backward_data_reference(dy, w, x_shape, stride=1, pad=0, groups=1):
+    n, k, p, q = _geometry(x_shape, w.shape, stride, pad, groups)
+    _check_dy(dy.shape, (n, k, p, q))
+    _, c, h, wd = x_shape
+    cg, kg, r, s = w.shape[1], k // groups, w.shape[2], w.shape[3]
+    dxp = np.zeros((n, c, h + 2 * pad, wd + 2 * pad), dtype=np.result_type(dy, w))
+    for g in range(groups):
+        cols = np.tensordot(w[g * kg:(g + 1) * kg], dy[:, g * kg:(g + 1) * kg],
+                            axes=([0], [1]))  # (Cg, R, S, N, P, Q)
+        dst = dxp[:, g * cg:(g + 1) * cg]
+        for i in range(r):  # col2im: one strided add per filter tap
+            for j in range(s):
+                dst[:, :, i:i + stride * (p - 1) + 1:stride, j:j + stride * (q - 1) + 1:stride] += \
+                    cols[:, i, j].transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + wd])
+
+
+def conv2d_backward_filter_reference(x, dy, w_shape, stride=1, pad=0, groups=1):
+    n, k, p, q = _geometry(x.shape, w_shape, stride, pad, groups)
+    _check_dy(dy.shape, (n, k, p, q))
+    cg, kg = w_shape[1], k // groups
+    cols = _windows(x, w_shape[2], w_shape[3], stride, pad)
+    dw = np.empty(tuple(w_shape), dtype=np.result_type(x, dy))
+    for g in range(groups):
+        dw[g * kg:(g + 1) * kg] = np.tensordot(dy[:, g * kg:(g + 1) * kg],
+                                               cols[:, g * cg:(g + 1) * cg],
+                                               axes=([0, 2, 3], [0, 2, 3]))  # (Kg, Cg, R, S)
+    return dw
+
+
+def conv2d_backward_bias_reference(dy):
+    return dy.sum(axis=(0, 2, 3))
+
+
+# ---- kernel launch geometry -----------------------------------------------------------------
+def pick_tile(rows, cols, groups, fill=True):
+    """The (BM, BN) tile for a rows x cols GEMM per group.
+
+    fill=True (forward, backward data): minimise the busiest SM's work, counting padding
+    and each tile's speed. fill=False (filter gradient, whose split reduction fills the
+    GPU anyway): the least padded work per unit of speed.
+    """
+    def cost(tile):
+        bm, bn = tile
+        blocks = ceil_div(rows, bm) * ceil_div(cols, bn)
+        per_block = bm * bn / TILE_SPEED[tile]
+        return (ceil_div(blocks * groups, TARGET_SMS) if fill else blocks) * per_block
+    return min(TILES, key=cost)
+
+
+def pick_splits(npq, tiles):
+    """How many reduction chunks the filter gradient uses, and each one's length."""
+    splits = max(1, min(ceil_div(SPLIT_BLOCKS, tiles), npq // MIN_SPLIT))
+    length = ceil_div(ceil_div(npq, splits), CHUNK) * CHUNK
+    return ceil_div(npq, length), length
+
+
+def _tile(tile):
+    tile = tuple(tile)
+    if tile not in TILES:
+        raise ValueError(f"conv2d: no kernel for tile {tile}; choose one of {TILES}")
+    return tile
+
+
+def _check_kernel_args(what, *arrays):
+    for name, a in arrays:
+        if a.dtype != np.float32:
+            raise TypeError(f"conv2d {what}: {name} must be float32 for the kernels, got {a.dtype}")
+        if a.size >= INT32_LIMIT:
+            raise ValueError(f"conv2d {what}: {name} has {a.size} elements; the kernels index "
+                             f"with 32-bit ints (< 2**31)")
+
+
+def _grid(cols, rows, z, tile):
+    grid = (ceil_div(cols, tile[1]), ceil_div(rows, tile[0]), z)
+    if grid[1] > MAX_GRID_YZ or grid[2] > MAX_GRID_YZ:
+        raise ValueError(f"conv2d: launch grid {grid} exceeds CUDA's limit of {MAX_GRID_YZ} in y/z")
+    return grid
+
+
+def _dims(x_shape, w_shape, out_shape, stride, pad, groups):
+    n, c, h, w = x_shape
+    k, _, r, s = w_shape
+    p, q = out_shape[2:]
+    return [i32(v) for v in (n, c, h, w, k, r, s, p, q, stride, pad, groups)]
+
+
+# ---- launchers -------------------------------------------------------------------------------
+def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None):
+    """y = conv(x, w) + b, then ReLU if ``relu`` (fused in the kernel's epilogue).
+
+    tile: force a (BM, BN) kernel tile (tests, tuning); by default picked from the shape.
+    """
+    out = _geometry(x.shape, w.shape, stride, pad, groups)
+    k = out[1]
+    if b is not None and tuple(b.shape) != (k,):
+        raise ValueError(f"conv2d: bias of shape {tuple(b.shape)} for {k} filters")
+    if not be.runs_kernels:
+        return conv2d_forward_reference(x, w, b, stride, pad, groups, relu)
+    _check_kernel_args("forward", ("x", x), ("w", w), *([("b", b)] if b is not None else []))
+    n, _, p, q = out
+    y = be.empty(out)
+    _check_kernel_args("forward", ("y", y))
+    tile = _tile(tile) if tile else pick_tile(k // groups, n * p * q, groups)
+    be.launch(KERNELS, "conv_fwd_%dx%d" % tile, _grid(n * p * q, k // groups, groups, tile),
+              THREADS, [x, w, w if b is None else b, y,
+                        *_dims(x.shape, w.shape, out, stride, pad, groups),
+                        i32(b is not None), i32(bool(relu))])
+    return y
+
+
+def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None):
+    """dx (N, C, H, W): the gradient of conv2d_forward with respect to its input.
+
+    tile: a (BM, BN) GEMM tile or "direct"; by default the direct kernel for fewer than
+    DIRECT_MAX_CHANNELS channels per group (conv1), else a tile picked from the shape.
+    """
+    x_shape = tuple(int(v) for v in x_shape)
+    out = _geometry(x_shape, w.shape, stride, pad, groups)
+    _check_dy(dy.shape, out)
+    if not be.runs_kernels:
+        return conv2d_backward_data_reference(dy, w, x_shape, stride, pad, groups)
+    _check_kernel_args("backward data", ("dy", dy), ("w", w))
+    n, c, h, wd = x_shape
+    dx = be.empty(x_shape)
+    _check_kernel_args("backward data", ("dx", dx))
+    dims = _dims(x_shape, w.shape, out, stride, pad, groups)
+    if tile == "direct" or (tile is None and c // groups < DIRECT_MAX_CHANNELS):
+        blocks = ceil_div(c // groups, DIRECT_CHANNELS) * groups * n * h * wd
+        be.launch(KERNELS, "conv_bwd_data_direct", elementwise_grid(blocks), ELEMENTWISE_BLOCK,
+                  [dy, w, dx, *dims])
+        return dx
+    tile = _tile(tile) if tile else pick_tile(c // groups, n * h * wd, groups)
+    be.launch(KERNELS, "conv_bwd_data_%dx%d" % tile,
+              _grid(n * h * wd, c // groups, groups, tile), THREADS,
+              [dy, w, dx, *dims])
+    return dx
+
+
+def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=None,
+                           splits=None):
+    """dw (K, C/groups, R, S), deterministic: the (n, p, q) reduction is cut into a fixed
+    number of chunks (from the shape; ``splits`` overrides it) whose partial sums are added
+    in chunk order by a second kernel. No atomics, so every run gives the same bits."""
+    w_shape = tuple(int(v) for v in w_shape)
+    out = _geometry(x.shape, w_shape, stride, pad, groups)
+    _check_dy(dy.shape, out)
+    if not be.runs_kernels:
+        return conv2d_backward_filter_reference(x, dy, w_shape, stride, pad, groups)
+    _check_kernel_args("backward filter", ("x", x), ("dy", dy))
+    n, k, p, q = out
+    kg, ncol, npq = k // groups, int(np.prod(w_shape[1:])), n * p * q
+    tile = _tile(tile) if tile else pick_tile(kg, ncol, groups, fill=False)
+    tiles = ceil_div(kg, tile[0]) * ceil_div(ncol, tile[1]) * groups
+    if splits is None:
+        splits, length = pick_splits(npq, tiles)
+    else:
+        splits = min(_as_int("splits", splits, 1), npq)
+        length = ceil_div(npq, splits)
+        splits = ceil_div(npq, length)  # no empty chunk
+    dw = be.empty(w_shape)
+    ws = dw if splits == 1 else be.empty((splits,) + w_shape)
+    _check_kernel_args("backward filter", ("workspace", ws))
+    be.launch(KERNELS, "conv_bwd_filter_%dx%d" % tile, _grid(ncol, kg, splits * groups, tile),
+              THREADS, [x, dy, ws, *_dims(x.shape, w_shape, out, stride, pad, groups),
+                        i32(length)])
+    if splits > 1:
+        be.launch(KERNELS, "conv_bwd_filter_reduce", elementwise_grid(dw.size),
+                  ELEMENTWISE_BLOCK, [ws, dw, i32(splits), i64(dw.size)])
+    return dw
+
+
+def conv2d_backward_bias(be, dy):
+    """db (K,) = sum of dy over N, P, Q (deterministic; the bias op's kernel)."""
+    if len(dy.shape) != 4:
+        raise ValueError(f"conv2d: the output gradient must be 4-D, got shape {tuple(dy.shape)}")
+    return bias_backward(be, dy)
