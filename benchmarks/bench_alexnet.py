@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 from pyalexnet.backends import get_backend  # noqa: E402
 from pyalexnet.model import Net, load_config  # noqa: E402
-from pyalexnet.ops.sgd import sgd_update  # noqa: E402
 
 
 def generated_batches(pool, batch, size, classes, seed):
@@ -60,16 +59,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     be = get_backend(args.backend)
-    config = load_config(args.config)
-    net = Net(config, backend=be, devices=args.devices, seed=0, bias_init="caffe")
-    size = net.config["input_size"] if isinstance(net.config, dict) else net.config.input_size
-    classes = net.num_classes
-    batches = generated_batches(args.pool, args.batch, size, classes, seed=1)
-    velocity = {k: be.zeros(v.shape) for k, v in net.params.items()}
+    net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0, bias_init="caffe")
+    batches = generated_batches(args.pool, args.batch, net.config.crop_size,
+                                net.config.num_classes, seed=1)
 
     def update():
-        for k, w in net.params.items():
-            sgd_update(be, w, net.grads[k], velocity[k], args.lr, 0.9, 5e-4)
+        net.sgd_step(args.lr, 0.9, 5e-4)
 
     losses, step_ms = [], []
     t_start = time.perf_counter()
@@ -78,7 +73,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         loss, _ = net.train_step_grads(be.asarray(x), be.asarray(labels, dtype=np.int32), seed=step)
         update()
-        be.synchronize()
+        net.synchronize()
         step_ms.append((time.perf_counter() - t0) * 1e3)
         losses.append(float(loss))
         if not np.isfinite(loss):
@@ -95,16 +90,16 @@ def main(argv=None):
     x, labels = batches[0]
     xd, ld = be.asarray(x), be.asarray(labels, dtype=np.int32)
     for i in range(5):
-        be.synchronize()
+        net.synchronize()
         t0 = time.perf_counter()
         net.train_step_grads(xd, ld, seed=10**6 + i)  # forward + backward
-        be.synchronize()
+        net.synchronize()
         t1 = time.perf_counter()
         net.forward(xd, train=True, seed=10**6 + i)
-        be.synchronize()
+        net.synchronize()
         t2 = time.perf_counter()
         update()
-        be.synchronize()
+        net.synchronize()
         t3 = time.perf_counter()
         split["forward_ms"].append((t2 - t1) * 1e3)
         split["backward_ms"].append(((t1 - t0) - (t2 - t1)) * 1e3)

@@ -28,19 +28,24 @@ if ! "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/install.lo
 fi
 
 step "test suite on the cuda backend"
-PYALEXNET_TEST_BACKENDS=cuda timeout 270 "$PY" -m pytest -q -p no:cacheprovider tests \
+# CPU-side tests (references, emulator) run alongside in worker processes when
+# pytest-xdist is there; each emulator then uses two OS threads.
+PARALLEL=()
+"$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
+PYALEXNET_TEST_BACKENDS=cuda PYALEXNET_EMU_THREADS=2 timeout "${TEST_TIMEOUT:-150}" \
+  "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests \
   --junitxml="$OUT/junit-cuda.xml" > "$OUT/pytest-cuda.log" 2>&1
 echo "pytest exit $?" >> "$OUT/pytest-cuda.log"
 tail -3 "$OUT/pytest-cuda.log" | tee -a "$OUT/steps.log"
 
 step "kernel benchmark (batch 128, vs cuDNN/cuBLAS)"
-timeout 150 "$PY" benchmarks/bench_kernels.py --repeats 10 --out "$OUT/kernels.json" \
+timeout "${BENCH_TIMEOUT:-90}" "$PY" benchmarks/bench_kernels.py --repeats 10 --out "$OUT/kernels.json" \
   > "$OUT/bench_kernels.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_kernels.log"
 
 if [ -f benchmarks/bench_alexnet.py ]; then
   step "end-to-end AlexNet (two devices mapped onto one GPU)"
-  timeout 100 "$PY" benchmarks/bench_alexnet.py --out "$OUT/alexnet.json" \
+  timeout "${E2E_TIMEOUT:-75}" "$PY" benchmarks/bench_alexnet.py --max-seconds 40 --out "$OUT/alexnet.json" \
     > "$OUT/bench_alexnet.log" 2>&1
   echo "bench exit $?" >> "$OUT/bench_alexnet.log"
 fi
