@@ -85,6 +85,7 @@ setup(
     version="0.1.0",
     description="AlexNet from scratch: hand-written CUDA kernels, a CPU emulator, NumPy references",
     packages=find_packages(include=["pyalexnet", "pyalexnet.*"]),
+    package_data={"pyalexnet": ["configs/*.toml"]},
     python_requires=">=3.10",
     install_requires=["numpy>=1.23", "pillow>=9"],
     extras_require={

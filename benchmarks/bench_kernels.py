@@ -46,13 +46,13 @@ POOLS = [("pool1", 96, 55), ("pool2", 256, 27), ("pool3", 256, 13)]
 class Case:
     name: str
     shape: str
-    flops: float = 0.0      # arithmetic-bound ops: GFLOP/s is the measure
-    bytes: float = 0.0      # memory-bound ops: GB/s
-    ours: object = None     # () -> output (backend arrays)
-    baseline: object = None  # () -> output (torch tensors), or None
-    reference: object = None  # () -> numpy output to validate against (when no torch)
-    compare: bool = True    # baseline output comparable with ours (dropout: different RNG)
-    tol: float = 1e-3
+    ours: object               # () -> our output (backend array)
+    expected: object           # () -> (NumPy array to validate against, what it is)
+    baseline: object = None    # () -> the same operation in PyTorch (timed), or None
+    flops: float = 0.0         # arithmetic-bound ops: GFLOP/s is the measure
+    bytes: float = 0.0         # memory-bound ops: GB/s
+    tol: float = 1e-4
+    repeatable: bool = True    # the same output on every call (not so for in-place SGD)
 
 
 @dataclass
@@ -106,184 +106,241 @@ class Timer:
         return statistics.median(times)
 
 
-def build_cases(be, torch, batch, scale, rng):
-    """Every op at the layer shapes; channel and unit counts divided by ``scale`` (--small)."""
-    cases = []
+class Builder:
+    """Makes the cases. Each case's closures bind their arrays through function arguments
+    (no late-bound loop variables)."""
 
-    def arr(*shape, std=1.0):
-        return be.asarray(rng.standard_normal(shape).astype(np.float32) * std)
+    def __init__(self, be, torch, batch, scale, rng):
+        self.be, self.torch, self.batch, self.scale, self.rng = be, torch, batch, scale, rng
 
-    def t(a):  # zero-copy view for PyTorch (DLPack)
-        return torch.from_dlpack(a) if torch is not None else None
+    def arr(self, *shape, std=1.0):
+        return self.be.asarray(self.rng.standard_normal(shape).astype(np.float32) * std)
 
-    def host(a):
-        return be.to_numpy(a)
+    def host64(self, a):
+        return self.be.to_numpy(a).astype(np.float64)
 
-    def ch(c):
-        return max(1, c // scale)
+    def t(self, a):
+        """A zero-copy PyTorch view (DLPack) of a CuPy array."""
+        return self.torch.from_dlpack(a)
 
-    for name, c, h, k, r, s, p, g in CONVS:
-        c, k = (c if c == 3 else max(g, ch(c) // g * g)), max(g, ch(k) // g * g)
-        x, w = arr(batch, c, h, h), arr(k, c // g, r, r, std=0.01)
+    def t64(self, a):
+        return self.t(a).double()
+
+    def ch(self, c):
+        return max(1, c // self.scale)
+
+    def exact(self, torch_fn, numpy_fn):
+        """What to validate against: PyTorch in float64 on the GPU where it is installed
+        (cuDNN's FP32 autotuned algorithms are themselves approximate), else the float64
+        NumPy reference."""
+        if self.torch is not None:
+            return lambda: (torch_fn(self.t64).cpu().numpy(), "PyTorch float64")
+        return lambda: (numpy_fn(), "NumPy reference (float64)")
+
+    def reference(self, numpy_fn):
+        return lambda: (numpy_fn(), "NumPy reference (float64)")
+
+    def conv(self, name, c, h, k, r, s, p, g):
+        be, F = self.be, self.torch and self.torch.nn.functional
+        if c != 3:
+            c = max(g, self.ch(c) // g * g)
+        k = max(g, self.ch(k) // g * g)
+        x, w = self.arr(self.batch, c, h, h), self.arr(k, c // g, r, r, std=0.01)
         y_shape = conv.conv2d_output_shape(x.shape, w.shape, s, p)
-        dy = arr(*y_shape)
+        dy = self.arr(*y_shape)
         flops = 2.0 * np.prod(y_shape) * (c // g) * r * r
         shape = f"x{tuple(x.shape)} w{tuple(w.shape)} s{s} p{p} g{g}"
-        tf = torch.nn.functional if torch is not None else None
-        cases += [
+        X, W, DY = self.host64(x), self.host64(w), self.host64(dy)
+        grad = self.torch and self.torch.nn.grad
+
+        def fwd(T):
+            return F.conv2d(T(x), T(w), None, s, p, 1, g)
+
+        def bwd_data(T):
+            return grad.conv2d_input(tuple(x.shape), T(w), T(dy), s, p, 1, g)
+
+        def bwd_filter(T):
+            return grad.conv2d_weight(T(x), tuple(w.shape), T(dy), s, p, 1, g)
+
+        base = (lambda f: (lambda: f(self.t))) if self.torch else (lambda f: None)
+        return [
             Case(f"{name} forward", shape, flops=flops,
-                 ours=lambda x=x, w=w, s=s, p=p, g=g: conv.conv2d_forward(be, x, w, None, s, p, g),
-                 baseline=torch and (lambda x=x, w=w, s=s, p=p, g=g: tf.conv2d(t(x), t(w), None, s, p, 1, g)),
-                 reference=lambda x=x, w=w, s=s, p=p, g=g: conv.conv2d_forward_reference(
-                     host(x).astype(np.float64), host(w).astype(np.float64), None, s, p, g)),
+                 ours=lambda: conv.conv2d_forward(be, x, w, None, s, p, g),
+                 expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
+                 baseline=base(fwd)),
             Case(f"{name} backward data", shape, flops=flops,
-                 ours=lambda x=x, w=w, dy=dy, s=s, p=p, g=g: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g),
-                 baseline=torch and (lambda x=x, w=w, dy=dy, s=s, p=p, g=g: torch.nn.grad.conv2d_input(
-                     tuple(x.shape), t(w), t(dy), s, p, 1, g)),
-                 reference=lambda x=x, w=w, dy=dy, s=s, p=p, g=g: conv.conv2d_backward_data_reference(
-                     host(dy).astype(np.float64), host(w).astype(np.float64), x.shape, s, p, g)),
+                 ours=lambda: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g),
+                 expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
+                     DY, W, x.shape, s, p, g)),
+                 baseline=base(bwd_data)),
             Case(f"{name} backward filter", shape, flops=flops,
-                 ours=lambda x=x, w=w, dy=dy, s=s, p=p, g=g: conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g),
-                 baseline=torch and (lambda x=x, w=w, dy=dy, s=s, p=p, g=g: torch.nn.grad.conv2d_weight(
-                     t(x), tuple(w.shape), t(dy), s, p, 1, g)),
-                 reference=lambda x=x, w=w, dy=dy, s=s, p=p, g=g: conv.conv2d_backward_filter_reference(
-                     host(x).astype(np.float64), host(dy).astype(np.float64), w.shape, s, p, g)),
+                 ours=lambda: conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g),
+                 expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
+                     X, DY, w.shape, s, p, g)),
+                 baseline=base(bwd_filter)),
         ]
 
-    for name, n_in, n_out in FCS:
-        n_in, n_out = ch(n_in), ch(n_out)
-        x, w, dy = arr(batch, n_in), arr(n_out, n_in, std=0.01), arr(batch, n_out)
-        flops = 2.0 * batch * n_in * n_out
+    def fc(self, name, n_in, n_out):
+        be = self.be
+        n_in, n_out = self.ch(n_in), self.ch(n_out)
+        x, w, dy = self.arr(self.batch, n_in), self.arr(n_out, n_in, std=0.01), self.arr(self.batch, n_out)
+        flops = 2.0 * self.batch * n_in * n_out
         shape = f"x{tuple(x.shape)} w{tuple(w.shape)}"
-        cases += [
-            Case(f"{name} forward", shape, flops=flops,
-                 ours=lambda x=x, w=w: linear.linear_forward(be, x, w),
-                 baseline=torch and (lambda x=x, w=w: t(x) @ t(w).T),
-                 reference=lambda x=x, w=w: host(x).astype(np.float64) @ host(w).astype(np.float64).T),
+        X, W, DY = self.host64(x), self.host64(w), self.host64(dy)
+
+        def fwd(T):
+            return T(x) @ T(w).T
+
+        def bwd_data(T):
+            return T(dy) @ T(w)
+
+        def bwd_weight(T):
+            return T(dy).T @ T(x)
+
+        base = (lambda f: (lambda: f(self.t))) if self.torch else (lambda f: None)
+        return [
+            Case(f"{name} forward", shape, flops=flops, ours=lambda: linear.linear_forward(be, x, w),
+                 expected=self.exact(fwd, lambda: X @ W.T), baseline=base(fwd)),
             Case(f"{name} backward data", shape, flops=flops,
-                 ours=lambda w=w, dy=dy: linear.linear_backward_data(be, dy, w),
-                 baseline=torch and (lambda w=w, dy=dy: t(dy) @ t(w)),
-                 reference=lambda w=w, dy=dy: host(dy).astype(np.float64) @ host(w).astype(np.float64)),
+                 ours=lambda: linear.linear_backward_data(be, dy, w),
+                 expected=self.exact(bwd_data, lambda: DY @ W), baseline=base(bwd_data)),
             Case(f"{name} backward weight", shape, flops=flops,
-                 ours=lambda x=x, dy=dy: linear.linear_backward_weight(be, x, dy),
-                 baseline=torch and (lambda x=x, dy=dy: t(dy).T @ t(x)),
-                 reference=lambda x=x, dy=dy: host(dy).astype(np.float64).T @ host(x).astype(np.float64)),
+                 ours=lambda: linear.linear_backward_weight(be, x, dy),
+                 expected=self.exact(bwd_weight, lambda: DY.T @ X), baseline=base(bwd_weight)),
         ]
 
-    def autograd_pair(fn, x, dy):
-        """PyTorch forward and a backward-only closure (the graph is kept)."""
-        xt = t(x).detach().requires_grad_(True)
+    def autograd_pair(self, fn, x, dy):
+        """PyTorch forward, and backward alone (the graph is built once and kept)."""
+        if self.torch is None:
+            return None, None
+        xt = self.t(x).detach().requires_grad_(True)
         yt = fn(xt)
-        return (lambda: fn(t(x))), (lambda: torch.autograd.grad(yt, xt, t(dy), retain_graph=True)[0])
+        dyt = self.t(dy)
+        return (lambda: fn(self.t(x))), (lambda: self.torch.autograd.grad(yt, xt, dyt, retain_graph=True)[0])
 
-    # PyTorch's LRN divides alpha by n: compare like with like.
-    lrn_args = dict(size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=True)
-    for name, c, h in LRNS:
-        c = ch(c)
-        x, dy = arr(batch, c, h, h), arr(batch, c, h, h)
-        y, scl = lrn.lrn_forward(be, x, **lrn_args)
+    def lrn(self, name, c, h):
+        # PyTorch's LRN divides alpha by n: compare like with like.
+        be, args = self.be, dict(size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=True)
+        c = self.ch(c)
+        x, dy = self.arr(self.batch, c, h, h, std=30.0), self.arr(self.batch, c, h, h)
+        y, scale = lrn.lrn_forward(be, x, **args)
+        X, DY = self.host64(x), self.host64(dy)
+        fwd, bwd = self.autograd_pair(
+            lambda a: self.torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0), x, dy)
+
+        def ref_backward():
+            yy, ss = lrn.lrn_forward_reference(X, **args)
+            return lrn.lrn_backward_reference(X, yy, ss, DY, **args)
+
         shape = f"x{tuple(x.shape)} n5"
-        fwd = bwd = None
-        if torch is not None:
-            fwd, bwd = autograd_pair(lambda a: torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0), x, dy)
-
-        def lrn_ref_backward(x=x, dy=dy):
-            xx = host(x).astype(np.float64)
-            yy, ss = lrn.lrn_forward_reference(xx, **lrn_args)
-            return lrn.lrn_backward_reference(xx, yy, ss, host(dy).astype(np.float64), **lrn_args)
-
-        cases += [
-            Case(f"{name} forward", shape, bytes=2.0 * x.nbytes,
-                 ours=lambda x=x: lrn.lrn_forward(be, x, **lrn_args)[0], baseline=fwd,
-                 reference=lambda x=x: lrn.lrn_forward_reference(host(x).astype(np.float64), **lrn_args)[0]),
-            Case(f"{name} backward", shape, bytes=4.0 * x.nbytes,
-                 ours=lambda x=x, y=y, scl=scl, dy=dy: lrn.lrn_backward(be, x, y, scl, dy, **lrn_args),
-                 baseline=bwd, reference=lrn_ref_backward),
+        return [
+            Case(f"{name} forward", shape, bytes=2.0 * x.nbytes, baseline=fwd,
+                 ours=lambda: lrn.lrn_forward(be, x, **args)[0],
+                 expected=self.reference(lambda: lrn.lrn_forward_reference(X, **args)[0])),
+            Case(f"{name} backward", shape, bytes=4.0 * x.nbytes, baseline=bwd,
+                 ours=lambda: lrn.lrn_backward(be, x, y, scale, dy, **args),
+                 expected=self.reference(ref_backward)),
         ]
 
-    for name, c, h in POOLS:
-        c = ch(c)
-        x = arr(batch, c, h, h)
+    def pool(self, name, c, h):
+        be = self.be
+        x = self.arr(self.batch, self.ch(c), h, h)
         y = pool.maxpool_forward(be, x, 3, 2)
-        dy = arr(*y.shape)
+        dy = self.arr(*y.shape)
+        X, DY = self.host64(x), self.host64(dy)
+        fwd, bwd = self.autograd_pair(lambda a: self.torch.nn.functional.max_pool2d(a, 3, 2), x, dy)
         shape = f"x{tuple(x.shape)} 3x3 s2"
-        fwd = bwd = None
-        if torch is not None:
-            fwd, bwd = autograd_pair(lambda a: torch.nn.functional.max_pool2d(a, 3, 2), x, dy)
-        cases += [
-            Case(f"{name} forward", shape, bytes=float(x.nbytes + y.nbytes),
-                 ours=lambda x=x: pool.maxpool_forward(be, x, 3, 2), baseline=fwd,
-                 reference=lambda x=x: pool.maxpool_forward_reference(host(x), 3, 2)),
-            Case(f"{name} backward", shape, bytes=float(2 * x.nbytes + 2 * y.nbytes),
-                 ours=lambda x=x, y=y, dy=dy: pool.maxpool_backward(be, x, y, dy, 3, 2), baseline=bwd,
-                 reference=lambda x=x, dy=dy: pool.maxpool_backward_reference(
-                     host(x), pool.maxpool_forward_reference(host(x), 3, 2), host(dy), 3, 2)),
+        return [
+            Case(f"{name} forward", shape, bytes=float(x.nbytes + y.nbytes), baseline=fwd,
+                 ours=lambda: pool.maxpool_forward(be, x, 3, 2),
+                 expected=self.reference(lambda: pool.maxpool_forward_reference(X, 3, 2))),
+            Case(f"{name} backward", shape, bytes=float(2 * x.nbytes + 2 * y.nbytes), baseline=bwd,
+                 ours=lambda: pool.maxpool_backward(be, x, y, dy, 3, 2),
+                 expected=self.reference(lambda: pool.maxpool_backward_reference(
+                     X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2))),
         ]
 
-    x = arr(batch, ch(96), 55, 55)
-    dy = arr(*x.shape)
-    fwd = bwd = None
-    if torch is not None:
-        fwd, bwd = autograd_pair(torch.relu, x, dy)
-    y = relu.relu_forward(be, x)
-    cases += [
-        Case("relu1 forward", f"x{tuple(x.shape)}", bytes=2.0 * x.nbytes,
-             ours=lambda: relu.relu_forward(be, x), baseline=fwd,
-             reference=lambda: relu.relu_forward_reference(host(x))),
-        Case("relu1 backward", f"x{tuple(x.shape)}", bytes=3.0 * x.nbytes,
-             ours=lambda: relu.relu_backward(be, y, dy), baseline=bwd,
-             reference=lambda: relu.relu_backward_reference(host(y), host(dy))),
-    ]
+    def relu(self):
+        be = self.be
+        x = self.arr(self.batch, self.ch(96), 55, 55)
+        dy = self.arr(*x.shape)
+        y = relu.relu_forward(be, x)
+        X, DY = self.host64(x), self.host64(dy)
+        fwd, bwd = self.autograd_pair(lambda a: self.torch.relu(a), x, dy)
+        shape = f"x{tuple(x.shape)}"
+        return [
+            Case("relu1 forward", shape, bytes=2.0 * x.nbytes, baseline=fwd,
+                 ours=lambda: relu.relu_forward(be, x),
+                 expected=self.reference(lambda: relu.relu_forward_reference(X))),
+            Case("relu1 backward", shape, bytes=3.0 * x.nbytes, baseline=bwd,
+                 ours=lambda: relu.relu_backward(be, y, dy),
+                 expected=self.reference(lambda: relu.relu_backward_reference(X, DY))),
+        ]
 
-    x = arr(batch, ch(4096))
-    cases.append(Case(
-        "dropout6 forward", f"x{tuple(x.shape)} p0.5", bytes=2.0 * x.nbytes,
-        ours=lambda: dropout.dropout_forward(be, x, 0.5, 1234),
-        baseline=torch and (lambda: torch.nn.functional.dropout(t(x), 0.5, True)), compare=False,
-        reference=lambda: host(x) * dropout.dropout_mask_reference(x.shape, 0.5, 1234) / 0.5))
+    def dropout(self):
+        be, torch = self.be, self.torch
+        x = self.arr(self.batch, self.ch(4096))
+        X = self.host64(x)
+        return [Case(
+            "dropout6 forward", f"x{tuple(x.shape)} p0.5", bytes=2.0 * x.nbytes,
+            ours=lambda: dropout.dropout_forward(be, x, 0.5, 1234),
+            # PyTorch's generator differs: its output is timed, never compared
+            baseline=torch and (lambda: torch.nn.functional.dropout(self.t(x), 0.5, True)),
+            expected=self.reference(lambda: dropout.dropout_forward_reference(X, 0.5, 1234)))]
 
-    logits = arr(batch, 1000)
-    labels = be.asarray(rng.integers(0, 1000, batch), dtype=np.int32)
+    def softmax(self):
+        be, torch = self.be, self.torch
+        logits = self.arr(self.batch, 1000)
+        labels = be.asarray(self.rng.integers(0, 1000, self.batch), dtype=np.int32)
+        L, Y = self.host64(logits), be.to_numpy(labels)
 
-    def ours_xent():
-        loss, probs = softmax.softmax_cross_entropy_forward(be, logits, labels)
-        return softmax.softmax_cross_entropy_backward(be, probs, labels)
+        def ours():
+            _, probs = softmax.softmax_cross_entropy_forward(be, logits, labels)
+            return softmax.softmax_cross_entropy_backward(be, probs, labels)
 
-    def torch_xent():
-        lt = t(logits).detach().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(lt, t(labels).long())
-        return torch.autograd.grad(loss, lt)[0]
+        def theirs():
+            lt = self.t(logits).detach().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(lt, self.t(labels).long())
+            return torch.autograd.grad(loss, lt)[0]
 
-    def ref_xent():
-        lg, lb = host(logits).astype(np.float64), host(labels)
-        _, probs = softmax.softmax_cross_entropy_reference(lg, lb)
-        return softmax.softmax_cross_entropy_backward_reference(probs, lb)
+        def ref():
+            _, probs = softmax.softmax_cross_entropy_reference(L, Y)
+            return softmax.softmax_cross_entropy_backward_reference(probs, Y)
 
-    cases.append(Case("softmax+xent fwd+bwd", f"logits{tuple(logits.shape)}", bytes=3.0 * logits.nbytes,
-                      ours=ours_xent, baseline=torch and torch_xent, reference=ref_xent))
+        return [Case("softmax+xent fwd+bwd", f"logits{tuple(logits.shape)}", bytes=3.0 * logits.nbytes,
+                     ours=ours, baseline=torch and theirs, expected=self.reference(ref))]
 
-    n_in, n_out = ch(9216), ch(4096)
-    w, g, v = arr(n_out, n_in, std=0.01), arr(n_out, n_in, std=0.01), arr(n_out, n_in, std=0.001)
-    w0, v0 = host(w).copy(), host(v).copy()
+    def sgd(self):
+        be, torch = self.be, self.torch
+        n_in, n_out = self.ch(9216), self.ch(4096)
+        w, g, v = self.arr(n_out, n_in, std=0.01), self.arr(n_out, n_in, std=0.01), self.arr(n_out, n_in, std=0.001)
+        W0, G, V0 = self.host64(w), self.host64(g), self.host64(v)
 
-    def ours_sgd():
-        sgd.sgd_update(be, w, g, v, 0.01, 0.9, 5e-4)
-        return w
+        def ours():
+            sgd.sgd_update(be, w, g, v, 0.01, 0.9, 5e-4)
+            return w
 
-    def torch_sgd():  # the same update as PyTorch eager ops
-        wt, gt, vt = t(w), t(g), t(v)
-        vt.mul_(0.9).add_(wt, alpha=-5e-4 * 0.01).add_(gt, alpha=-0.01)
-        wt.add_(vt)
-        return wt
+        def theirs():  # the same update as PyTorch eager operations
+            wt, gt, vt = self.t(w), self.t(g), self.t(v)
+            vt.mul_(0.9).add_(wt, alpha=-5e-4 * 0.01).add_(gt, alpha=-0.01)
+            return wt.add_(vt)
 
-    def ref_sgd():
-        # The benchmark applies the update repeatedly; validate one step from a fresh copy.
-        wn, vn = sgd.sgd_update_reference(w0, host(g), v0, 0.01, 0.9, 5e-4)
-        return wn
+        # validated on the first call only: one step from the initial state
+        return [Case("sgd fc6 weights", f"w({n_out}, {n_in})", bytes=5.0 * w.nbytes, repeatable=False,
+                     ours=ours, baseline=torch and theirs,
+                     expected=self.reference(lambda: sgd.sgd_update_reference(W0, G, V0, 0.01, 0.9, 5e-4)[0]))]
 
-    cases.append(Case("sgd fc6 weights", f"w({n_out}, {n_in})", bytes=5.0 * w.nbytes,
-                      ours=ours_sgd, baseline=torch and torch_sgd, reference=ref_sgd, compare=False))
-    return cases
+    def all(self):
+        cases = []
+        for spec in CONVS:
+            cases += self.conv(*spec)
+        for spec in FCS:
+            cases += self.fc(*spec)
+        for spec in LRNS:
+            cases += self.lrn(*spec)
+        for spec in POOLS:
+            cases += self.pool(*spec)
+        return cases + self.relu() + self.dropout() + self.softmax() + self.sgd()
 
 
 def run(args):
@@ -302,30 +359,24 @@ def run(args):
             torch = _torch
         except ImportError:
             print("PyTorch not installed: no cuDNN/cuBLAS baseline; validating against NumPy")
-    rng = np.random.default_rng(0)
-    cases = build_cases(be, torch, batch, scale, rng)
+    cases = Builder(be, torch, batch, scale, np.random.default_rng(0)).all()
     if args.only:
         cases = [c for c in cases if any(o in c.name for o in args.only)]
     timer = Timer(be)
     peak = next((v for k, v in PEAKS.items() if gpu and k in device_name(be)), None)
     results, failures = [], []
     for c in cases:
+        # validate before timing ...
         first = be.to_numpy(c.ours())
-        if c.name.startswith("sgd"):
-            # sgd updates in place: validate the single step just taken, then time more steps
-            against, expected = "NumPy reference", c.reference()
-        elif torch is not None and c.baseline is not None and c.compare:
-            against, expected = "PyTorch (cuDNN/cuBLAS)", torch_to_numpy(c.baseline())
-        else:
-            against, expected = "NumPy reference", c.reference()
+        expected, against = c.expected()
         err = rel_err(first, expected)
         ok = err <= c.tol
         ours_ms = timer(c.ours, args.warmup, args.repeats)
-        again = be.to_numpy(c.ours())
-        if not c.name.startswith("sgd") and not np.array_equal(again, first):
+        # ... and after: the kernel still gives the same bits
+        if c.repeatable and not np.array_equal(be.to_numpy(c.ours()), first):
             ok = False
             print(f"  {c.name}: output changed between before and after timing")
-        base_ms = timer(c.baseline, args.warmup, args.repeats) if (torch and c.baseline) else None
+        base_ms = timer(c.baseline, args.warmup, args.repeats) if c.baseline else None
         secs = ours_ms / 1e3
         gflops = c.flops / secs / 1e9 if c.flops else None
         gbps = c.bytes / secs / 1e9 if c.bytes else None
@@ -340,10 +391,6 @@ def run(args):
         results.append(r)
         print_row(r)
     return be, batch, small, torch, results, failures
-
-
-def torch_to_numpy(t):
-    return t.detach().cpu().numpy()
 
 
 def device_name(be):

@@ -1,0 +1,1 @@
+"""Bundled network definitions (TOML), read by pyalexnet.model.load_config."""
