@@ -45,7 +45,10 @@ def source_from_args(data=None, cifar=None, builtin_root=None):
 def describe_source(source):
     kind, root = source["kind"], source.get("root")
     if kind == "builtin":
-        return f"built-in dataset ({root or 'default location'})"
+        if root is None:
+            from .data import builtin
+            root = builtin.default_root()
+        return f"the built-in dataset at {root}"
     if kind == "cifar":
         return f"CIFAR-10 at {root}"
     return f"image folders at {root}"
@@ -124,7 +127,8 @@ def evaluate(net, loader, ten_crop=False, chunk=None, progress=None):
         if ten_crop:
             x = np.asarray(x)
             if x.ndim != 5:
-                raise ValueError(f"10-crop evaluation needs (N, 10, 3, H, W) batches, got {x.shape}")
+                raise ValueError("10-crop evaluation needs (N, 10, 3, H, W) batches, got "
+                                 f"{x.shape}")
             flat = x.reshape((-1,) + x.shape[2:])
             step = chunk or max(x.shape[1], n)
             probs = []
@@ -165,11 +169,34 @@ def format_result(r, what="held-out"):
 # --------------------------------------------------------------------------------------
 
 
-def build_net(options, backend, num_classes=None):
-    """A Net made from resolved training ``options`` (see pyalexnet.train)."""
-    from .model import Net, load_config
+def run_config(options):
+    """The config of a run: the named config, with the input size changed by --crop/--resize.
+
+    The network's layer shapes follow from the input size, so a different crop is a
+    different network (the fc layers change size); it is rebuilt from the TOML text.
+    """
+    import tomllib
+
+    from .model import load_config, parse_config
 
     config = load_config(options["config"])
+    crop, resize = options.get("crop"), options.get("resize")
+    if (crop is None or crop == config.input["size"]) and \
+            (resize is None or resize == config.input["resize"]):
+        return config
+    raw = tomllib.loads(Path(config.path).read_text())
+    raw.setdefault("input", {})
+    raw["input"]["size"] = int(crop or config.input["size"])
+    raw["input"]["resize"] = int(resize or config.input["resize"])
+    return parse_config(raw, f"{config.path} (input {raw['input']['size']}, resize "
+                             f"{raw['input']['resize']})")
+
+
+def build_net(options, backend, num_classes=None):
+    """A Net made from resolved training ``options`` (see pyalexnet.train)."""
+    from .model import Net
+
+    config = run_config(options)
     return Net(config, backend=backend, devices=int(options.get("devices", 1)),
                seed=int(options.get("seed", 0)), bias_init=options.get("bias_init", "paper"),
                dropout_mode=options.get("dropout_mode", "inverted"),
@@ -253,7 +280,8 @@ def main(argv=None):
         loader = make_loader(ds, batch_size=args.batch_size or int(opts["batch_size"]),
                              train=False, crop=int(opts["crop"]), resize=int(opts["resize"]),
                              mean=mean, workers=opts.get("workers", 0) if args.workers is None
-                             else args.workers, ten_crop=ten, limit=args.limit)
+                             else args.workers, ten_crop=ten, limit=args.limit,
+                             seed=int(opts.get("seed", 0)))  # --limit: the subset training used
         try:
             r = evaluate(net, loader, ten_crop=ten)
         finally:

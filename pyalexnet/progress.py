@@ -36,18 +36,18 @@ class Progress:
         self._open_line = False
 
     def line(self, *, epoch, epochs, batch, batches, step, images_per_s, loss, top1, top5,
-             lr, data_wait, elapsed) -> str:
+             lr, data_wait, elapsed, width=None) -> str:
+        """The progress text; with ``width``, a bar is added if it fits."""
         total = f"/{batches}" if batches else ""
-        pct = ""
-        if batches:
-            done = min(1.0, batch / batches)
-            width = 20
-            fill = int(done * width)
-            pct = "[" + "#" * fill + "." * (width - fill) + f"] "
-        return (f"epoch {epoch + 1}/{epochs} {pct}{batch}{total} step {step} | "
-                f"{images_per_s:7.1f} img/s | loss {loss:.4f} | err top-1 {100 * top1:5.1f}% "
-                f"top-5 {100 * top5:5.1f}% | lr {lr:.3g} | data wait {data_wait:.1f}s | "
+        text = (f"epoch {epoch + 1}/{epochs} {batch}{total} (step {step}) | "
+                f"{images_per_s:.0f} img/s | loss {loss:.4f} | err top-1 {100 * top1:.1f}% "
+                f"top-5 {100 * top5:.1f}% | lr {lr:.3g} | data wait {data_wait:.1f}s | "
                 f"{format_duration(elapsed)}")
+        if batches and (width is None or len(text) + 24 <= width):
+            bar = 20
+            fill = int(min(1.0, batch / batches) * bar)
+            text = f"[{'#' * fill}{'.' * (bar - fill)}] " + text
+        return text
 
     def update(self, force=False, **fields):
         step = fields["step"]
@@ -56,14 +56,14 @@ class Progress:
             if not force and now - self._last_draw < self.min_interval:
                 return
             self._last_draw = now
-            text = self.line(**fields)
             cols = shutil.get_terminal_size((120, 20)).columns
+            text = self.line(**fields, width=cols - 1)
             text = text[: max(20, cols - 1)]
             self.stream.write("\r" + text + "\x1b[K")
             self.stream.flush()
             self._open_line = True
         elif force or step % self.log_every == 0:
-            self.stream.write(self.line(**fields) + "\n")
+            self.stream.write(self.line(**fields, width=0) + "\n")  # no bar in logs
             self.stream.flush()
 
     def close_line(self):
