@@ -611,30 +611,6 @@ class Trainer:
         self._sgd()
         return loss, int(e1), int(e5)
 
-    @staticmethod
-    def _epoch_iter(loader, skip):
-        """Iterate ``loader``'s current epoch from batch ``skip`` on (mid-epoch resume).
-
-        The loader's batch order and augmentation are functions of (seed, epoch, image), so
-        leaving out the first ``skip`` batches puts the run exactly where it stopped. The
-        Loader has no public way to start mid-epoch, so its batch list is trimmed through
-        ``_index_batches`` when it has one (no images decoded for nothing); otherwise the
-        batches are drawn and dropped.
-        """
-        if skip and hasattr(loader, "_index_batches"):
-            full = loader._index_batches
-
-            def trimmed(epoch):  # used once: the next epoch starts at its first batch again
-                del loader._index_batches
-                return full(epoch)[skip:]
-
-            loader._index_batches = trimmed
-            return iter(loader)
-        it = iter(loader)
-        for _ in range(skip):
-            next(it)
-        return it
-
     def _evaluate(self, ten_crop=False):
         return ev.evaluate(self.net, self._loader(train=False, ten_crop=ten_crop),
                            ten_crop=ten_crop)
@@ -712,13 +688,15 @@ class Trainer:
                     p.print(f"epoch {self.epoch + 1}: lr {self.lr:g} -> {lr:g} (--lr-steps)")
                 self.lr = lr
             loader = self._loader(train=True)
-            loader.set_epoch(self.epoch)
+            # mid-epoch resume: order and augmentation are functions of (seed, epoch, image),
+            # so starting at the saved batch puts the run exactly where it stopped
+            loader.set_epoch(self.epoch, start_batch=self.batch)
             batches = len(loader) if hasattr(loader, "__len__") else None
             if batches == 0:
                 raise SystemExit(f"error: {getattr(loader, 'num_samples', '?')} training "
                                  f"images make no full batch of {o['batch_size']}; lower "
                                  "--batch-size or raise --limit-train")
-            it = self._epoch_iter(loader, self.batch)
+            it = iter(loader)
             window, t_win, wait_win = _Averages(), time.monotonic(), 0.0
             t_epoch = time.monotonic()
             while True:

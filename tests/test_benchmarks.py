@@ -23,7 +23,7 @@ def test_kernel_benchmark_small_on_emu(tmp_path):
     names = [r["name"] for r in result["results"]]
     assert "conv5 backward filter" in names and "fc8 forward" in names and "sgd fc6 weights" in names
     assert result["validation_failures"] == []
-    assert all(r["validated_against"] == "NumPy reference" for r in result["results"])
+    assert all(r["validated_against"].startswith("NumPy reference") for r in result["results"])
     assert "wrote" in stdout
 
 
