@@ -112,16 +112,12 @@ struct Sched {
 };
 static thread_local Sched tls_sched;
 
+static void suspend(ThreadCtx* t);
+
 static void fiber_main(ThreadCtx* t) {
   (*tls_sched.body)();
   t->state = DONE;
-  if (g_use_asm) {
-#if CUEMU_HAVE_ASM
-    cuemu_ctx_switch(&t->sp, tls_sched.sp);
-#endif
-  } else {
-    swapcontext((ucontext_t*)t->uctx, &tls_sched.uctx);
-  }
+  suspend(t);  // never resumed: the scheduler reuses the stack
   __builtin_unreachable();
 }
 
