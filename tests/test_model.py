@@ -323,8 +323,8 @@ def test_numpy_model_matches_kernel_model(name, kernel_backend):
 
 
 def test_training_reduces_loss():
-    """SGD steps on one fixed batch drive the loss down (cifar-small, numpy, its config's
-    learning rate and init)."""
+    """SGD steps on one fixed batch drive the loss down (cifar-small, numpy, its init; a
+    learning rate below the config's, which is tuned for real batches, not one batch)."""
     config = load_config("cifar-small")
     net = Net(config, backend="numpy", seed=0)
     x, labels = batch(config, 8, seed=1)
@@ -332,7 +332,7 @@ def test_training_reduces_loss():
     losses = []
     for step in range(8):
         loss, _ = net.train_step_grads(x, labels, seed=step)
-        net.sgd_step(lr=config.train["lr"], momentum=0.9, weight_decay=5e-4)
+        net.sgd_step(lr=0.01, momentum=0.9, weight_decay=5e-4)
         losses.append(loss)
     assert losses[-1] < 0.6 * losses[0], losses
 
