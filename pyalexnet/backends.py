@@ -103,14 +103,16 @@ class EmuBackend(Backend):
 
     threads: OS threads running blocks in parallel (env PYALEXNET_EMU_THREADS, default all
     cores); order: thread order between barriers, "forward", "reverse" or "random"
-    (env PYALEXNET_EMU_ORDER); seed: for the random order (env PYALEXNET_EMU_SEED).
+    (env PYALEXNET_EMU_ORDER); seed: for the random order (env PYALEXNET_EMU_SEED);
+    check_bounds: run every launch on guarded copies of its arrays and raise if a kernel
+    wrote outside one (env PYALEXNET_EMU_CHECK_BOUNDS=1); see GuardedArgs.
     """
 
     name = "emu"
     runs_kernels = True
     ORDERS = ("forward", "reverse", "random")
 
-    def __init__(self, threads=None, order=None, seed=None):
+    def __init__(self, threads=None, order=None, seed=None, check_bounds=None):
         try:
             from . import _emu
         except ImportError as e:
@@ -123,6 +125,9 @@ class EmuBackend(Backend):
         if self.order not in self.ORDERS:
             raise ValueError(f"emu thread order must be one of {self.ORDERS}, got {self.order!r}")
         self.seed = int(seed if seed is not None else os.environ.get("PYALEXNET_EMU_SEED", 0))
+        if check_bounds is None:
+            check_bounds = os.environ.get("PYALEXNET_EMU_CHECK_BOUNDS", "0") not in ("", "0")
+        self.check_bounds = bool(check_bounds)
         self._files = {}
         self.last_fibers = 0  # fiber stacks the last launch's busiest block held at once
 
@@ -136,14 +141,60 @@ class EmuBackend(Backend):
                                   "adding a kernel, rebuild with `pip install -e .`") from None
         if Path(known).name != Path(file).name:
             raise KernelError(f"kernel {kernel} lives in {known}, not {file}")
+        guard = GuardedArgs(args) if self.check_bounds else None
         try:
-            self.last_fibers = self._emu.launch(kernel, grid, block, shared_mem, args, self.threads,
+            self.last_fibers = self._emu.launch(kernel, grid, block, shared_mem,
+                                                guard.args if guard else args, self.threads,
                                                 self.ORDERS.index(self.order), self.seed)
         except RuntimeError as e:
             raise KernelError(str(e)) from None
+        if guard:
+            guard.check_and_copy_back(kernel)
 
     def __repr__(self):
-        return f"<pyalexnet backend emu threads={self.threads} order={self.order} seed={self.seed}>"
+        return (f"<pyalexnet backend emu threads={self.threads} order={self.order} "
+                f"seed={self.seed}{' check_bounds' if self.check_bounds else ''}>")
+
+
+class GuardedArgs:
+    """Copies of a launch's arrays, each between guard zones of 0xFF bytes.
+
+    A write outside an array lands in a guard and is reported after the launch; a read
+    outside one sees 0xFF bytes (NaN as float32, -1 as int32), which spoils the result. On
+    a CPU an out-of-bounds access corrupts the host's memory silently, so this is the
+    emulator's bounds check. Arguments that are the same array share one copy; copies
+    are 256-byte aligned, as cudaMalloc's are.
+    """
+
+    GUARD = 4096
+    ALIGN = 256
+
+    def __init__(self, args):
+        self.args, self._copies = [], {}
+        for a in args:
+            if not isinstance(a, np.ndarray):
+                self.args.append(a)
+                continue
+            key = (a.__array_interface__["data"][0], a.nbytes, a.dtype.str, a.shape)
+            if key not in self._copies:
+                raw = np.full(a.nbytes + 2 * self.GUARD + self.ALIGN, 0xFF, dtype=np.uint8)
+                start = self.GUARD + (-(raw.ctypes.data + self.GUARD) % self.ALIGN)
+                inner = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+                inner[...] = a
+                self._copies[key] = (len(self.args), a, raw, start, inner)
+            self.args.append(self._copies[key][4])
+
+    def check_and_copy_back(self, kernel):
+        for index, a, raw, start, inner in self._copies.values():
+            before = np.flatnonzero(raw[:start] != 0xFF)
+            after = np.flatnonzero(raw[start + a.nbytes:] != 0xFF)
+            if before.size or after.size:
+                where = (f"{start - before[0]} bytes before its start" if before.size else
+                         f"{after[-1] + 1} bytes past its end")
+                raise KernelError(f"kernel {kernel} wrote outside array argument {index} "
+                                  f"(shape {a.shape}, {a.dtype}): up to {where}")
+            if a.flags.writeable:
+                a[...] = inner
 
 
 # NVRTC options, in one place. Everything else is CuPy's default (which adds -ftz=true).

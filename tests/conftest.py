@@ -1,7 +1,8 @@
 """Shared fixtures: run one test body on every available backend.
 
 PYALEXNET_TEST_BACKENDS (comma-separated, default "emu,cuda") limits the kernel backends:
-the GPU check sets it to "cuda". Emulator cases run under forward and random thread order.
+the GPU check sets it to "cuda". Emulator cases run under forward and random thread order;
+the random-order cases also check every launch for writes outside its arrays.
 """
 import os
 
@@ -33,7 +34,7 @@ def _make(spec):
             pytest.skip("cuda backend: no CuPy or no GPU on this machine")
         return get_backend("cuda")
     try:
-        return get_backend("emu", order=order, seed=1234)
+        return get_backend("emu", order=order, seed=1234, check_bounds=order == "random")
     except BackendUnavailable as e:
         pytest.fail(str(e))
 

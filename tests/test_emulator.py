@@ -213,3 +213,23 @@ def test_launch_errors_are_clear():
     with pytest.raises(ValueError, match="dynamic shared memory"):
         be.launch(SELFTEST, "selftest_dynamic_shared", 1, 32, [x, x, x, np.int32(8)],
                   shared_mem=10**6)
+
+
+def test_bounds_check_reports_writes_outside_an_array():
+    y = np.zeros(100, np.float32)
+    checked = EmuBackend(check_bounds=True)
+    checked.launch(SELFTEST, "selftest_write_past_end", 4, 32, [y, np.int32(100), np.int32(0)])
+    assert np.all(y == 1.0)  # results come back to the caller's array
+    with pytest.raises(KernelError, match=r"wrote outside array argument 0 .*12 bytes past its end"):
+        checked.launch(SELFTEST, "selftest_write_past_end", 4, 32, [np.zeros(100, np.float32),
+                                                                   np.int32(100), np.int32(3)])
+
+
+def test_bounds_check_keeps_aliases_and_alignment():
+    be = EmuBackend(check_bounds=True)
+    x = np.array([-1.0, 2.0, -3.0, 4.0, 5.0], np.float32)
+    be.launch("relu.cu", "relu_forward", 1, 32, [x, x, np.int64(5)])  # in place: one copy
+    np.testing.assert_array_equal(x, [0, 2, 0, 4, 5])
+    from pyalexnet.backends import GuardedArgs
+    g = GuardedArgs([x, x, np.int32(1)])
+    assert g.args[0] is g.args[1] and g.args[0].ctypes.data % 256 == 0

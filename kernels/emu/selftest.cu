@@ -116,3 +116,10 @@ extern "C" __global__ void selftest_geometry(int* out) {
   o[0] = blockIdx.x; o[1] = blockIdx.y; o[2] = blockIdx.z;
   o[3] = threadIdx.x; o[4] = threadIdx.y; o[5] = threadIdx.z;
 }
+
+// Writes y[i] for i in [0, n + extra): with extra > 0, past the end of y (a bug the
+// emulator's bounds check must report).
+extern "C" __global__ void selftest_write_past_end(float* y, int n, int extra) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n + extra) y[i] = 1.0f;
+}
