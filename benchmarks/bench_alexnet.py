@@ -7,7 +7,8 @@
 Runs forward + backward + SGD for --steps steps on a fixed pool of generated batches (so
 the loss must fall: the net memorises them), timing every step with the device
 synchronised, plus a separate forward/backward/update split. Writes images/s, the split and
-the loss curve as JSON (benchmarks/results/alexnet-<device>-<date>.json by default).
+the loss curve as JSON (benchmarks/results/alexnet-<device>-<date>.json by default) and
+the loss curve as a PNG beside it.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyalexnet.backends import get_backend  # noqa: E402
 from pyalexnet.model import Net, load_config  # noqa: E402
+from pyalexnet.plots import plot_series  # noqa: E402
 
 
 def generated_batches(pool, batch, size, classes, seed):
@@ -129,7 +131,9 @@ def main(argv=None):
         ROOT / "benchmarks" / "results" / f"alexnet-{args.config}-{slug}-{datetime.date.today():%Y%m%d}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    curve = plot_series(out.with_suffix(".png"), [("train loss", list(range(len(losses))), losses)],
+                        f"{args.config} on {device}, batch {args.batch}: loss per step")
+    print(f"wrote {out} and {curve}")
     return 0 if np.isfinite(losses[-1]) and losses[-1] < losses[0] else 1
 
 

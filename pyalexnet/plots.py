@@ -173,6 +173,16 @@ def plot_curves(path, epochs: list, steps: list | None = None, title: str = "") 
     return path
 
 
+def plot_series(path, series, title="", xlabel="step", ylabel="loss") -> Path:
+    """One chart of (label, xs, ys) series, e.g. a benchmark's loss per step."""
+    img = Image.new("RGB", (800, 480), BACKGROUND)
+    _chart(img, (0, 0, 800, 480), series, title, xlabel, ylabel, y_min=0.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
 def filter_grid(w: np.ndarray, towers: int = 1, scale: int | None = None, gap: int = 2,
                 columns: int | None = None) -> Image.Image:
     """The filters ``w`` (K, C, R, S) as one image; each filter normalised to [0, 255].

@@ -34,3 +34,4 @@ def test_alexnet_benchmark_small_on_numpy(tmp_path):
     result = json.loads(out.read_text())
     assert result["steps"] == 12 and result["last_loss"] < result["first_loss"]
     assert result["images_per_second"] > 0
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
