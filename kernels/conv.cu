@@ -418,69 +418,29 @@ extern "C" __global__ void conv_bwd_data_direct(const float* __restrict__ dy,
 // ---- entry points: each pass in four tile shapes (the launcher picks by problem size) ----
 // The forward and backward-data products accumulate every output in the same kk order
 // whatever the tile, so the tile choice never changes their results.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_128x128(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, CONV_DIM_PARAMS, int has_bias, int relu) {
-  conv_fwd<128, 128>(x, w, bias, y, CONV_DIM_ARGS, has_bias, relu);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_data_128x128(
-    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-    CONV_DIM_PARAMS) {
-  conv_bwd_data<128, 128>(dy, w, dx, CONV_DIM_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_filter_128x128(
-    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws,
-    CONV_DIM_PARAMS, int split_len) {
-  conv_bwd_filter<128, 128>(x, dy, ws, CONV_DIM_ARGS, split_len);
-}
+#define CONV_ENTRY_POINTS(BM, BN)                                                            \
+  extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_##BM##x##BN(           \
+      const float* __restrict__ x, const float* __restrict__ w,                             \
+      const float* __restrict__ bias, float* __restrict__ y, CONV_DIM_PARAMS, int has_bias, \
+      int relu) {                                                                           \
+    conv_fwd<BM, BN>(x, w, bias, y, CONV_DIM_ARGS, has_bias, relu);                         \
+  }                                                                                         \
+  extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_data_##BM##x##BN(      \
+      const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,    \
+      CONV_DIM_PARAMS) {                                                                    \
+    conv_bwd_data<BM, BN>(dy, w, dx, CONV_DIM_ARGS);                                        \
+  }                                                                                         \
+  extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_filter_##BM##x##BN(    \
+      const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws,    \
+      CONV_DIM_PARAMS, int split_len) {                                                     \
+    conv_bwd_filter<BM, BN>(x, dy, ws, CONV_DIM_ARGS, split_len);                           \
+  }
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_128x64(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, CONV_DIM_PARAMS, int has_bias, int relu) {
-  conv_fwd<128, 64>(x, w, bias, y, CONV_DIM_ARGS, has_bias, relu);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_data_128x64(
-    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-    CONV_DIM_PARAMS) {
-  conv_bwd_data<128, 64>(dy, w, dx, CONV_DIM_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_filter_128x64(
-    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws,
-    CONV_DIM_PARAMS, int split_len) {
-  conv_bwd_filter<128, 64>(x, dy, ws, CONV_DIM_ARGS, split_len);
-}
-
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_64x128(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, CONV_DIM_PARAMS, int has_bias, int relu) {
-  conv_fwd<64, 128>(x, w, bias, y, CONV_DIM_ARGS, has_bias, relu);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_data_64x128(
-    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-    CONV_DIM_PARAMS) {
-  conv_bwd_data<64, 128>(dy, w, dx, CONV_DIM_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_filter_64x128(
-    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws,
-    CONV_DIM_PARAMS, int split_len) {
-  conv_bwd_filter<64, 128>(x, dy, ws, CONV_DIM_ARGS, split_len);
-}
-
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_64x64(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, CONV_DIM_PARAMS, int has_bias, int relu) {
-  conv_fwd<64, 64>(x, w, bias, y, CONV_DIM_ARGS, has_bias, relu);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_data_64x64(
-    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-    CONV_DIM_PARAMS) {
-  conv_bwd_data<64, 64>(dy, w, dx, CONV_DIM_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_bwd_filter_64x64(
-    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ ws,
-    CONV_DIM_PARAMS, int split_len) {
-  conv_bwd_filter<64, 64>(x, dy, ws, CONV_DIM_ARGS, split_len);
-}
+CONV_ENTRY_POINTS(128, 128)
+CONV_ENTRY_POINTS(128, 64)
+CONV_ENTRY_POINTS(64, 128)
+CONV_ENTRY_POINTS(64, 64)
+#undef CONV_ENTRY_POINTS
 
 // dw[i] = sum over splits s = 0, 1, ... of ws[s][i], always in that order (deterministic).
 extern "C" __global__ void conv_bwd_filter_reduce(const float* __restrict__ ws,
