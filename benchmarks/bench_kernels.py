@@ -126,6 +126,10 @@ class Builder:
     def t64(self, a):
         return self.t(a).double()
 
+    def timed(self, f):
+        """The PyTorch operation ``f(T)`` on zero-copy float32 views, or None without PyTorch."""
+        return (lambda: f(self.t)) if self.torch is not None else None
+
     def ch(self, c):
         return max(1, c // self.scale)
 
@@ -162,22 +166,21 @@ class Builder:
         def bwd_filter(T):
             return grad.conv2d_weight(T(x), tuple(w.shape), T(dy), s, p, 1, g)
 
-        base = (lambda f: (lambda: f(self.t))) if self.torch else (lambda f: None)
         return [
             Case(f"{name} forward", shape, flops=flops,
                  ours=lambda: conv.conv2d_forward(be, x, w, None, s, p, g),
                  expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
-                 baseline=base(fwd)),
+                 baseline=self.timed(fwd)),
             Case(f"{name} backward data", shape, flops=flops,
                  ours=lambda: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g),
                  expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
                      DY, W, x.shape, s, p, g)),
-                 baseline=base(bwd_data)),
+                 baseline=self.timed(bwd_data)),
             Case(f"{name} backward filter", shape, flops=flops,
                  ours=lambda: conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g),
                  expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
                      X, DY, w.shape, s, p, g)),
-                 baseline=base(bwd_filter)),
+                 baseline=self.timed(bwd_filter)),
         ]
 
     def fc(self, name, n_in, n_out):
@@ -197,16 +200,15 @@ class Builder:
         def bwd_weight(T):
             return T(dy).T @ T(x)
 
-        base = (lambda f: (lambda: f(self.t))) if self.torch else (lambda f: None)
         return [
             Case(f"{name} forward", shape, flops=flops, ours=lambda: linear.linear_forward(be, x, w),
-                 expected=self.exact(fwd, lambda: X @ W.T), baseline=base(fwd)),
+                 expected=self.exact(fwd, lambda: X @ W.T), baseline=self.timed(fwd)),
             Case(f"{name} backward data", shape, flops=flops,
                  ours=lambda: linear.linear_backward_data(be, dy, w),
-                 expected=self.exact(bwd_data, lambda: DY @ W), baseline=base(bwd_data)),
+                 expected=self.exact(bwd_data, lambda: DY @ W), baseline=self.timed(bwd_data)),
             Case(f"{name} backward weight", shape, flops=flops,
                  ours=lambda: linear.linear_backward_weight(be, x, dy),
-                 expected=self.exact(bwd_weight, lambda: DY.T @ X), baseline=base(bwd_weight)),
+                 expected=self.exact(bwd_weight, lambda: DY.T @ X), baseline=self.timed(bwd_weight)),
         ]
 
     def autograd_pair(self, fn, x, dy):

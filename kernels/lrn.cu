@@ -26,16 +26,33 @@
 // Priming: loads channels c0-half .. c0+half-1 into slots 0 .. R-2; the main loop then
 // puts channel c+half into slot `head` before computing channel c.
 
+// This thread's pixel column: where channel 0 of it starts, its chunk [c0, c1) of channels
+// and the ring length R. False for threads past the last pixel.
+struct lrn_column {
+  long long base;
+  int c0, c1, R;
+};
+
+__device__ __forceinline__ bool lrn_column_of(int C, int HW, int pixels, int half, int chunk,
+                                              lrn_column* col) {
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= pixels) return false;
+  const int n = p / HW;
+  col->base = (long long)n * C * HW + (p - n * HW);
+  col->c0 = blockIdx.y * chunk;
+  col->c1 = min(C, col->c0 + chunk);
+  col->R = 2 * half + 1;
+  return true;
+}
+
 extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK)
 lrn_forward(const float* __restrict__ x, float* __restrict__ y, float* __restrict__ scale,
             int C, int HW, int pixels, int half, int chunk, float k, float a, float beta) {
   extern __shared__ __align__(16) float pa_smem[];
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= pixels) return;
-  const int n = p / HW;
-  const long long base = (long long)n * C * HW + (p - n * HW);
-  const int c0 = blockIdx.y * chunk, c1 = min(C, c0 + chunk);
-  const int R = 2 * half + 1, B = blockDim.x;
+  lrn_column col;
+  if (!lrn_column_of(C, HW, pixels, half, chunk, &col)) return;
+  const long long base = col.base;
+  const int c0 = col.c0, c1 = col.c1, R = col.R, B = blockDim.x;
   float* ring = pa_smem + threadIdx.x;
   for (int j = 0; j < R - 1; ++j) {
     const int c = c0 - half + j;
@@ -87,12 +104,10 @@ lrn_backward(const float* __restrict__ x, const float* __restrict__ y,
              float* __restrict__ dx, int C, int HW, int pixels, int half, int chunk,
              float two_a_beta, float beta) {
   extern __shared__ __align__(16) float pa_smem[];
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= pixels) return;
-  const int n = p / HW;
-  const long long base = (long long)n * C * HW + (p - n * HW);
-  const int c0 = blockIdx.y * chunk, c1 = min(C, c0 + chunk);
-  const int R = 2 * half + 1, B = blockDim.x;
+  lrn_column col;
+  if (!lrn_column_of(C, HW, pixels, half, chunk, &col)) return;
+  const long long base = col.base;
+  const int c0 = col.c0, c1 = col.c1, R = col.R, B = blockDim.x;
   float* ring_r = pa_smem + threadIdx.x;
   float* ring_g = ring_r + R * B;
   for (int j = 0; j < R - 1; ++j)

@@ -98,16 +98,6 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _rank_errors(scores, labels, ks):
-    """Per k, how many rows have their label outside the top k (ties -> lower index)."""
-    n, c = scores.shape
-    v = scores[np.arange(n), labels][:, None]
-    before = (scores > v) | ((scores == v) & (np.arange(c)[None, :] < labels[:, None]))
-    ranks = before.sum(axis=1)
-    ranks[np.isnan(v[:, 0])] = c  # a NaN score is always wrong
-    return [int((ranks >= k).sum()) for k in ks]
-
-
 def evaluate(net, loader, ten_crop=False, chunk=None, progress=None):
     """Error rates of ``net`` over ``loader`` (with ``train=False`` forward passes).
 
@@ -137,7 +127,7 @@ def evaluate(net, loader, ten_crop=False, chunk=None, progress=None):
                 probs.append(_softmax(be.to_numpy(logits).astype(np.float64)))
             p = np.concatenate(probs).reshape(n, x.shape[1], -1).mean(axis=1)
             k5 = min(5, p.shape[1])
-            e1, e5 = _rank_errors(p, labels, (1, k5))
+            e1, e5 = sm.topk_errors_reference(p, labels, (1, k5))
             loss_sum += float(-np.log(np.maximum(p[np.arange(n), labels], 1e-30)).sum())
         else:
             logits = net.forward(x, train=False)

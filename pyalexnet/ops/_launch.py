@@ -7,11 +7,17 @@ ELEMENTWISE_MAX_BLOCKS = 8192
 
 
 def elementwise_grid(n: int, block: int = ELEMENTWISE_BLOCK) -> int:
-    return max(1, min(ELEMENTWISE_MAX_BLOCKS, (n + block - 1) // block))
+    return max(1, min(ELEMENTWISE_MAX_BLOCKS, ceil_div(n, block)))
 
 
 def ceil_div(a: int, b: int) -> int:
     return (a + b - 1) // b
+
+
+def require_float32(what, a):
+    """The kernels read float32: say which array is not."""
+    if a.dtype != np.float32:
+        raise TypeError(f"{what} must be float32 for the kernels, got {a.dtype}")
 
 
 def i32(v) -> np.int32:

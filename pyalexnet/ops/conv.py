@@ -14,7 +14,7 @@ import operator
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64
+from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32
 from .bias import bias_backward
 
 KERNELS = "conv.cu"
@@ -178,8 +178,7 @@ def _tile(tile):
 
 def _check_kernel_args(what, *arrays):
     for name, a in arrays:
-        if a.dtype != np.float32:
-            raise TypeError(f"conv2d {what}: {name} must be float32 for the kernels, got {a.dtype}")
+        require_float32(f"conv2d {what}: {name}", a)
         if a.size >= INT32_LIMIT:
             raise ValueError(f"conv2d {what}: {name} has {a.size} elements; the kernels index "
                              f"with 32-bit ints (< 2**31)")

@@ -14,7 +14,7 @@ test time. Dropped units are exactly 0, even where the input was inf or NaN.
 """
 import numpy as np
 
-from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, f32, i32, i64
+from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, f32, i32, i64, require_float32
 
 KERNELS = "dropout.cu"
 MODES = ("inverted", "classic")
@@ -106,8 +106,7 @@ def dropout_backward_reference(dy, p=0.5, seed=0, mode="inverted"):
 
 
 def _apply(be, x, threshold, scale, key):
-    if x.dtype != np.float32:
-        raise TypeError(f"dropout kernels take float32 arrays, got {x.dtype}")
+    require_float32("dropout: x", x)
     y = be.empty(x.shape)
     be.launch(KERNELS, "dropout_apply", elementwise_grid(ceil_div(x.size, 4)), ELEMENTWISE_BLOCK,
               [x, y, i64(x.size), np.uint32(threshold), f32(scale), np.uint32(key[0]),

@@ -13,9 +13,7 @@ on the GPU (``gemm_plan``), so that skinny products still fill every SM.
 """
 from dataclasses import dataclass
 
-import numpy as np
-
-from ._launch import ceil_div, elementwise_grid, ELEMENTWISE_BLOCK, f32, i32, i64
+from ._launch import ceil_div, elementwise_grid, ELEMENTWISE_BLOCK, f32, i32, i64, require_float32
 from .bias import bias_add, bias_backward
 
 KERNELS = "gemm.cu"
@@ -119,8 +117,7 @@ def gemm_plan(m, n, k, sms=DEFAULT_SMS, tile=None, splits=None):
 def _check_matrix(a, what):
     if a.ndim != 2:
         raise ValueError(f"{what} must be a 2-D matrix, got shape {tuple(a.shape)}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{what} must be float32, got {a.dtype}")
+    require_float32(what, a)
 
 
 def _gemm_dims(a, b, trans_a, trans_b):

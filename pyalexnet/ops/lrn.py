@@ -21,7 +21,7 @@ order, and use the accurate ``powf``.
 """
 import numpy as np
 
-from ._launch import ceil_div, f32, i32
+from ._launch import ceil_div, f32, i32, require_float32
 
 KERNELS = "lrn.cu"
 MAX_BLOCK = 128          # threads per block (pixels); the kernels' __launch_bounds__
@@ -53,11 +53,6 @@ def _check_4d(what, a, shape=None):
         raise ValueError(f"LRN {what} must be 4-D (N, C, H, W), got shape {a.shape}")
     if shape is not None and tuple(a.shape) != tuple(shape):
         raise ValueError(f"LRN {what} has shape {a.shape}, expected {tuple(shape)} like x")
-
-
-def _check_dtype(what, a):
-    if a.dtype != np.float32:
-        raise TypeError(f"LRN {what} must be float32, got {a.dtype}")
 
 
 def _window_sum(v, size):
@@ -118,7 +113,7 @@ def lrn_forward(be, x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=False)
     _check_4d("x", x)
     if not be.runs_kernels:
         return lrn_forward_reference(x, size, alpha, beta, k, alpha_over_n)
-    _check_dtype("x", x)
+    require_float32("LRN x", x)
     y, scale = be.empty(x.shape), be.empty(x.shape)
     if x.size == 0:
         return y, scale
@@ -139,7 +134,7 @@ def lrn_backward(be, x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
     if not be.runs_kernels:
         return lrn_backward_reference(x, y, scale, dy, size, alpha, beta, k, alpha_over_n)
     for what, arr in (("x", x), ("y", y), ("scale", scale), ("dy", dy)):
-        _check_dtype(what, arr)
+        require_float32(f"LRN {what}", arr)
     dx = be.empty(x.shape)
     if x.size == 0:
         return dx

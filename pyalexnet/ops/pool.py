@@ -17,7 +17,7 @@ maximum and rescans the window from x only where an input equals it (ties), so y
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i32
+from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i32, require_float32
 
 KERNELS = "pool.cu"
 
@@ -68,8 +68,7 @@ def maxpool_backward_reference(x, y, dy, kernel=3, stride=2):
 def _check_array(what, a, shape):
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"max-pool {what} has shape {a.shape}, expected {tuple(shape)}")
-    if a.dtype != np.float32:
-        raise TypeError(f"max-pool {what} must be float32, got {a.dtype}")
+    require_float32(f"max-pool {what}", a)
 
 
 def maxpool_forward(be, x, kernel=3, stride=2):

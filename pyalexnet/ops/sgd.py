@@ -8,7 +8,7 @@ on w and the velocity v.
 """
 import numpy as np
 
-from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, f32, i64
+from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, f32, i64, require_float32
 
 KERNELS = "sgd.cu"
 
@@ -21,8 +21,7 @@ def sgd_update_reference(w, grad, velocity, lr, momentum=0.9, weight_decay=5e-4)
 
 def _check(w, grad, velocity):
     for a, name in ((w, "w"), (grad, "grad"), (velocity, "velocity")):
-        if a.dtype != np.float32:
-            raise TypeError(f"sgd_update: {name} must be float32, got {a.dtype}")
+        require_float32(f"sgd_update: {name}", a)
     if grad.shape != w.shape or velocity.shape != w.shape:
         raise ValueError(f"sgd_update: w {tuple(w.shape)}, grad {tuple(grad.shape)} and velocity "
                          f"{tuple(velocity.shape)} must have the same shape")

@@ -14,7 +14,7 @@ index (ties go to the lower index). A NaN label logit is always an error.
 """
 import numpy as np
 
-from ._launch import ceil_div, f32, i32
+from ._launch import ceil_div, f32, i32, require_float32
 
 KERNELS = "softmax.cu"
 MAX_BLOCK = 256
@@ -29,8 +29,8 @@ def _check(logits, labels_host, need_float32):
         raise ValueError(f"logits must have at least one row and one class, got {logits.shape}")
     if c >= 2**24:  # the rank kernel counts through an exact float sum
         raise ValueError(f"at most 2**24 - 1 classes are supported, got {c}")
-    if need_float32 and logits.dtype != np.float32:
-        raise TypeError(f"softmax kernels take float32 logits, got {logits.dtype}")
+    if need_float32:
+        require_float32("softmax: logits", logits)
     if not np.issubdtype(labels_host.dtype, np.integer):
         raise TypeError(f"labels must be an integer array, got {labels_host.dtype}")
     if labels_host.shape != (n,):
