@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pyalexnet.backends import get_backend  # noqa: E402
-from pyalexnet.model import Net, load_config  # noqa: E402
+from pyalexnet.config import load_config  # noqa: E402
+from pyalexnet.net import Net  # noqa: E402
 from pyalexnet.plots import plot_series  # noqa: E402
 
 

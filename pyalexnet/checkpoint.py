@@ -61,7 +61,7 @@ def resolve(path) -> Path:
     return p
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -129,7 +129,7 @@ def save(path, params: dict, velocities: dict | None = None, meta: dict | None =
     for name, a in (velocities or {}).items():
         arrays[f"velocity/{name}"] = np.ascontiguousarray(a)
     m = {"format": FORMAT, "version": VERSION, **(meta or {})}
-    text = json.dumps(m, default=_json_default, allow_nan=True, sort_keys=True)
+    text = json.dumps(m, default=json_default, allow_nan=True, sort_keys=True)
     arrays["meta"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def write(f):

@@ -9,8 +9,7 @@ average is ranked. By default the data are the held-out set of whatever the chec
 trained on (the built-in dataset, an ImageNet-style folder, or CIFAR-10); --data / --cifar
 / --builtin choose another.
 
-This module also holds the pieces ``pyalexnet.train`` shares: opening datasets, making
-loaders and building a network from a checkpoint.
+Data are opened through pyalexnet.data (`open_split`, `make_loader`), as in training.
 """
 from __future__ import annotations
 
@@ -18,74 +17,12 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint as ckpt
-
-# --------------------------------------------------------------------------------------
-# Data sources. A source is a small JSON-able dict so that a checkpoint can record it:
-#   {"kind": "builtin", "root": None|str}   the generated dataset (pyalexnet.data.builtin)
-#   {"kind": "folder",  "root": str}        ImageNet layout: root/train/<class>, root/val/<class>
-#   {"kind": "cifar",   "root": str}        CIFAR-10 python batches (val = the test batch)
-# --------------------------------------------------------------------------------------
-
-
-def source_from_args(data=None, cifar=None, builtin_root=None):
-    if data and cifar:
-        raise SystemExit("error: give either --data or --cifar, not both")
-    if cifar:
-        return {"kind": "cifar", "root": str(Path(cifar).expanduser())}
-    if data:
-        return {"kind": "folder", "root": str(Path(data).expanduser())}
-    return {"kind": "builtin", "root": builtin_root}
-
-
-def describe_source(source):
-    kind, root = source["kind"], source.get("root")
-    if kind == "builtin":
-        if root is None:
-            from .data import builtin
-            root = builtin.default_root()
-        return f"the built-in dataset at {root}"
-    if kind == "cifar":
-        return f"CIFAR-10 at {root}"
-    return f"image folders at {root}"
-
-
-def open_split(source, split):
-    """(dataset, class names) of the ``train`` or ``val`` split of ``source``."""
-    from . import data
-
-    kind = source["kind"]
-    if kind == "cifar":
-        ds = data.cifar10_dataset(source["root"], "train" if split == "train" else "test")
-        return ds, list(ds.classes)
-    if kind == "builtin":
-        root = Path(data.ensure_builtin_dataset(source.get("root")))
-    elif kind == "folder":
-        root = Path(source["root"])
-    else:
-        raise ValueError(f"unknown data source {kind!r}")
-    train_classes = None
-    if split != "train":
-        # Labels follow the training set's class list, so val labels mean the same classes.
-        train_classes = data.ImageFolder(root / "train").classes
-    ds = data.ImageFolder(root / split, classes=train_classes)
-    return ds, list(ds.classes)
-
-
-def make_loader(dataset, *, batch_size, train, crop, resize, mean, seed=0, workers=0,
-                ten_crop=False, limit=None, pca_noise=0.0, flip=True):
-    """A ``pyalexnet.data.Loader`` with the options training and evaluation use."""
-    from . import data
-
-    return data.Loader(dataset, batch_size=batch_size, train=train, crop=crop, resize=resize,
-                       mean=mean, pca_noise=pca_noise if train else 0.0,
-                       flip=flip if train else False, ten_crop=ten_crop and not train,
-                       workers=workers, seed=seed, drop_last=train, limit=limit)
-
+from .data import describe_source, make_loader, open_split, source_from_args
+from .net import net_from_options
 
 # --------------------------------------------------------------------------------------
 # Evaluation
@@ -159,45 +96,10 @@ def format_result(r, what="held-out"):
 # --------------------------------------------------------------------------------------
 
 
-def run_config(options):
-    """The config of a run: the named config, with the input size changed by --crop/--resize.
-
-    The network's layer shapes follow from the input size, so a different crop is a
-    different network (the fc layers change size); it is rebuilt from the TOML text.
-    """
-    import tomllib
-
-    from .model import load_config, parse_config
-
-    config = load_config(options["config"])
-    crop, resize = options.get("crop"), options.get("resize")
-    if (crop is None or crop == config.input["size"]) and \
-            (resize is None or resize == config.input["resize"]):
-        return config
-    raw = tomllib.loads(Path(config.path).read_text())
-    raw.setdefault("input", {})
-    raw["input"]["size"] = int(crop or config.input["size"])
-    raw["input"]["resize"] = int(resize or config.input["resize"])
-    return parse_config(raw, f"{config.path} (input {raw['input']['size']}, resize "
-                             f"{raw['input']['resize']})")
-
-
-def build_net(options, backend, num_classes=None):
-    """A Net made from resolved training ``options`` (see pyalexnet.train)."""
-    from .model import Net
-
-    config = run_config(options)
-    return Net(config, backend=backend, devices=int(options.get("devices", 1)),
-               seed=int(options.get("seed", 0)), bias_init=options.get("bias_init", "paper"),
-               dropout_mode=options.get("dropout_mode", "inverted"),
-               num_classes=num_classes or options.get("num_classes"))
-
-
 def net_from_checkpoint(c: ckpt.Checkpoint, backend, devices=None):
-    options = dict(c.meta["options"])
-    if devices is not None:
-        options["devices"] = devices
-    net = build_net(options, backend, num_classes=c.meta.get("num_classes"))
+    """The network a checkpoint holds, with its weights, on ``backend``."""
+    net = net_from_options(c.meta["options"], backend, num_classes=c.meta.get("num_classes"),
+                           devices=devices)
     net.load_state_dict(c.params)
     return net
 

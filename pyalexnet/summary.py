@@ -13,7 +13,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from .model import ConfigError, list_configs, load_config
+from .config import ConfigError, list_configs, load_config
 
 
 @dataclass(frozen=True)
@@ -41,34 +41,11 @@ class Summary:
         return format_summary(self)
 
 
-def _note(layer, towers):
-    a = layer.attrs
-    if layer.type == "conv":
-        s = f"{a['size']}x{a['size']}"
-        s += f" s{a['stride']}" if a["stride"] != 1 else ""
-        s += f" p{a['pad']}" if a["pad"] else ""
-        if a["groups"] > 1:
-            s += f" groups {a['groups']}"
-        elif towers > 1:
-            s += " (reads both towers)"
-        return s
-    if layer.type == "fc":
-        return "(reads both towers)" if towers > 1 else ""
-    if layer.type == "lrn":
-        s = f"n={a['size']} k={a['k']:g} alpha={a['alpha']:g} beta={a['beta']:g}"
-        return s + (f" groups {a['groups']}" if a["groups"] > 1 else "")
-    if layer.type == "maxpool":
-        return f"{a['size']}x{a['size']} s{a['stride']}"
-    if layer.type == "dropout":
-        return f"p={a['p']:g}"
-    return ""
-
-
 def summary(config, num_classes=None) -> Summary:
     """Rows (name, type, output shape, params, multiply-adds, note) and the totals."""
     config = load_config(config, num_classes)
     rows = tuple(Row(layer.name, layer.type, tuple(layer.out_shape), layer.num_params,
-                     layer.macs, _note(layer, config.towers)) for layer in config.layers)
+                     layer.macs, layer.note(config.towers)) for layer in config.layers)
     return Summary(config.name, tuple(config.input_shape), rows,
                    sum(r.params for r in rows), sum(r.macs for r in rows))
 

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from conftest import F32_EPS, assert_matches_reference
 
-from pyalexnet.layers import ConfigError, dropout_seed, tower_slices
-from pyalexnet.model import CONFIG_DIR, Net, init_params, list_configs, load_config, parse_config
+from pyalexnet.config import CONFIG_DIR, ConfigError, list_configs, load_config, parse_config
+from pyalexnet.devices import tower_slices
+from pyalexnet.model import init_params
+from pyalexnet.net import Net
+from pyalexnet.rng import dropout_seed
 from pyalexnet.ops import conv as conv_ops
 from pyalexnet.ops import dropout as dropout_ops
 from pyalexnet.ops import lrn as lrn_ops
@@ -82,7 +85,7 @@ def test_bundled_configs():
 
 
 def test_alexnet_layer_table():
-    """DESIGN.md section 5, layer by layer."""
+    """The paper's network (its section 3 and Figure 2), layer by layer."""
     layers = {layer.name: layer for layer in load_config("alexnet").layers}
     expect = {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27),
               "pool2": (256, 13, 13), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
@@ -90,16 +93,16 @@ def test_alexnet_layer_table():
               "fc8": (1000,)}
     for name, shape in expect.items():
         assert layers[name].out_shape == shape, name
-    assert [layers[n]["groups"] for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] == \
+    assert [layers[n].groups for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] == \
         [1, 2, 1, 2, 2]
     conv1 = layers["conv1"]
-    assert (conv1["size"], conv1["stride"], conv1["pad"]) == (11, 4, 0)
+    assert (conv1.size, conv1.stride, conv1.pad) == (11, 4, 0)
     assert layers["conv2"].param_shapes["w"] == (256, 48, 5, 5)
     for norm in ("norm1", "norm2"):
         n = layers[norm]
-        assert (n["size"], n["k"], n["alpha"], n["beta"], n["groups"], n["alpha_over_n"]) == \
+        assert (n.size, n.k, n.alpha, n.beta, n.groups, n.alpha_over_n) == \
             (5, 2.0, 1e-4, 0.75, 2, False)
-    assert layers["drop6"]["p"] == layers["drop7"]["p"] == 0.5
+    assert layers["drop6"].p == layers["drop7"].p == 0.5
     order = [layer.type for layer in load_config("alexnet").layers[:4]]
     assert order == ["conv", "relu", "lrn", "maxpool"]  # LRN after ReLU, before pooling
 
@@ -233,32 +236,37 @@ def test_eval_mode_and_dropout_modes():
 
 # ---- gradients --------------------------------------------------------------------------
 
+def _lrn_reference(h, a):
+    g = a["groups"]  # each group (tower) normalised on its own
+    y, _ = lrn_ops.lrn_forward_reference(h.reshape((h.shape[0] * g, h.shape[1] // g) + h.shape[2:]),
+                                         a["size"], a["alpha"], a["beta"], a["k"], a["alpha_over_n"])
+    return y.reshape(h.shape)
+
+
+# Each layer type written out directly with the float64 op references (h, attrs, w, b, ctx),
+# independently of the layer classes.
+REFERENCE = {
+    "conv": lambda h, a, w, b, c: conv_ops.conv2d_forward_reference(h, w, b, a["stride"], a["pad"],
+                                                                     a["groups"]),
+    "fc": lambda h, a, w, b, c: h.reshape(h.shape[0], -1) @ w.T + b,
+    "relu": lambda h, a, w, b, c: np.maximum(h, 0),
+    "lrn": lambda h, a, w, b, c: _lrn_reference(h, a),
+    "maxpool": lambda h, a, w, b, c: pool_ops.maxpool_forward_reference(h, a["size"], a["stride"]),
+    # one mask per tower slice, each with its own seed
+    "dropout": lambda h, a, w, b, c: np.concatenate([dropout_ops.dropout_forward_reference(
+        h[:, s], a["p"], dropout_seed(c["seed"], c["index"], t), c["mode"])
+        for t, s in enumerate(tower_slices(h.shape[1], c["towers"]))], axis=1),
+}
+
+
 def reference_loss(config, params, x, labels, seed, dropout_mode="inverted"):
     """The network written out directly with the float64 op references, independently of
     the Net's composition code: (loss, logits)."""
     h = np.asarray(x, np.float64)
-    n, towers = h.shape[0], config.towers
     for layer in config.layers:
-        a = layer.attrs
         w, b = params.get(f"{layer.name}.w"), params.get(f"{layer.name}.b")
-        if layer.type == "conv":
-            h = conv_ops.conv2d_forward_reference(h, w, b, a["stride"], a["pad"], a["groups"])
-        elif layer.type == "fc":
-            h = h.reshape(n, -1) @ w.T + b
-        elif layer.type == "relu":
-            h = np.maximum(h, 0)
-        elif layer.type == "lrn":  # each group (tower) normalised on its own
-            g = a["groups"]
-            y, _ = lrn_ops.lrn_forward_reference(
-                h.reshape((n * g, h.shape[1] // g) + h.shape[2:]), a["size"], a["alpha"],
-                a["beta"], a["k"], a["alpha_over_n"])
-            h = y.reshape(h.shape)
-        elif layer.type == "maxpool":
-            h = pool_ops.maxpool_forward_reference(h, a["size"], a["stride"])
-        elif layer.type == "dropout":  # one mask per tower slice, each with its own seed
-            h = np.concatenate([dropout_ops.dropout_forward_reference(
-                h[:, s], a["p"], dropout_seed(seed, layer.index, t), dropout_mode)
-                for t, s in enumerate(tower_slices(h.shape[1], towers))], axis=1)
+        ctx = {"seed": seed, "index": layer.index, "mode": dropout_mode, "towers": config.towers}
+        h = REFERENCE[layer.type](h, layer.attrs, w, b, ctx)
     loss, _ = softmax_ops.softmax_cross_entropy_reference(h, labels)
     return float(loss), h
 

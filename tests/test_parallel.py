@@ -6,8 +6,10 @@ from conftest import assert_matches_reference
 from test_model import assert_state_close, batch, max_reduction, tiny_alexnet
 
 from pyalexnet.backends import get_backend
-from pyalexnet.model import Net, load_config
-from pyalexnet.parallel import Device, Link, TwoDeviceEngine
+from pyalexnet.config import load_config
+from pyalexnet.devices import Device, Link
+from pyalexnet.engines import TwoDeviceEngine
+from pyalexnet.net import Net
 
 
 def test_two_device_equals_grouped(backend):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pyalexnet import checkpoint as ckpt
 from pyalexnet import evaluate, plots, train
+from pyalexnet.rng import step_seed
 
 TINY_TOML = """
 name = "tiny"
@@ -216,16 +217,16 @@ def test_end_to_end_cli_and_evaluate(tiny, tmp_path):
 
 def test_default_data_is_the_builtin_dataset(tmp_path, monkeypatch, capsys):
     """No --data: the built-in dataset is generated on first use (here a small one)."""
-    from pyalexnet import data
+    from pyalexnet.data import sources
 
     made = []
-    real = data.ensure_builtin_dataset
+    real = sources.ensure_builtin_dataset
 
     def small(root=None, **kw):
         made.append(root)
         return real(tmp_path / "builtin", train_per_class=3, val_per_class=2)
 
-    monkeypatch.setattr(data, "ensure_builtin_dataset", small)
+    monkeypatch.setattr(sources, "ensure_builtin_dataset", small)
     rc, out, _ = _run(["--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "10",
                        "--backend", "numpy", "--log-every", "1"], capsys)
     assert rc == 0 and made
@@ -270,7 +271,7 @@ def test_resume_continues_bit_for_bit(tiny, tmp_path, backend, capsys, request):
 
 
 def test_keyboard_interrupt_saves_a_checkpoint(tiny, tmp_path, reference_run, monkeypatch, capsys):
-    from pyalexnet.model import Net
+    from pyalexnet.net import Net
 
     real = Net.train_step_grads
     calls = []
@@ -295,7 +296,7 @@ def test_keyboard_interrupt_saves_a_checkpoint(tiny, tmp_path, reference_run, mo
 
 
 def test_ctrl_c_finishes_the_step_then_saves(tiny, tmp_path, monkeypatch, capsys):
-    from pyalexnet.model import Net
+    from pyalexnet.net import Net
 
     real = Net.train_step_grads
     calls = []
@@ -333,7 +334,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, capsys):
 
 
 def test_nan_before_any_checkpoint(tiny, tmp_path, monkeypatch, capsys):
-    from pyalexnet.model import Net
+    from pyalexnet.net import Net
 
     real = Net.train_step_grads
     calls = []
@@ -403,7 +404,7 @@ def test_step_schedule():
 
 
 def test_step_seeds_are_a_pure_function():
-    seeds = [train.step_seed(7, s) for s in range(1000)]
-    assert seeds == [train.step_seed(7, s) for s in range(1000)]
+    seeds = [step_seed(7, s) for s in range(1000)]
+    assert seeds == [step_seed(7, s) for s in range(1000)]
     assert len(set(seeds)) == 1000 and all(0 <= s < 2**32 for s in seeds)
-    assert train.step_seed(8, 0) != train.step_seed(7, 0)
+    assert step_seed(8, 0) != step_seed(7, 0)

@@ -20,6 +20,7 @@ from .builtin import ensure_builtin_dataset
 from .cifar import cifar10_dataset, load_cifar10
 from .folders import IMAGE_EXTENSIONS, ArrayDataset, ImageFolder
 from .loader import Loader, compute_channel_mean
+from .sources import describe_source, make_loader, open_split, source_from_args
 
 __all__ = [
     "ImageFolder", "ArrayDataset", "IMAGE_EXTENSIONS", "load_cifar10", "cifar10_dataset",
@@ -27,4 +28,5 @@ __all__ = [
     "UnreadableImageError", "random_crop_params", "crop_flip", "random_crop_flip",
     "center_crop", "ten_crops", "pca_color_offset", "pca_color_noise", "to_chw_float",
     "IMAGENET_EIGVAL", "IMAGENET_EIGVEC", "IMAGENET_MEAN01",
+    "source_from_args", "describe_source", "open_split", "make_loader",
 ]

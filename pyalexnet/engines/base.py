@@ -1,0 +1,116 @@
+"""The engine interface: one way of running a model's training step on devices.
+
+An engine owns the parameters, their gradients and the SGD momentum buffers in its own
+layout (one dict each, backend arrays, keyed by name) and converts them to and from the
+grouped single-device layout for state dicts, so a checkpoint written by one engine loads
+into any other. Subclasses say where each parameter lives (`device_of`, `from_grouped`,
+`to_grouped`) and how the forward and backward passes run (`forward`, `backward`); the
+loss, the SGD update and the state handling are the same for all.
+"""
+from __future__ import annotations
+
+from ..ops import softmax as softmax_ops
+from ..ops.sgd import sgd_update
+
+
+class Engine:
+    devices: list  # devices[0] holds the input and the logits
+
+    def __init__(self, config, dropout_mode="inverted", alpha_over_n=None):
+        self.config = config
+        self.dropout_mode, self.alpha_over_n = dropout_mode, alpha_over_n
+        self.params, self.grads, self.velocity = {}, {}, {}
+
+    # ---- layout (subclasses) ----------------------------------------------------------
+    def device_of(self, name):
+        """The Device that holds parameter ``name`` of this engine's layout."""
+        raise NotImplementedError
+
+    def from_grouped(self, grouped: dict, copy=True) -> dict:
+        """Backend arrays of this engine's layout from grouped-layout NumPy arrays (copied,
+        unless ``copy`` is False and the arrays are float32 already)."""
+        raise NotImplementedError
+
+    def to_grouped(self, arrays: dict) -> dict:
+        """Grouped-layout NumPy float32 copies of arrays in this engine's layout."""
+        raise NotImplementedError
+
+    # ---- compute (subclasses) ---------------------------------------------------------
+    def forward(self, x, train, seed):
+        """Logits (N, classes) on devices[0]; ``train`` keeps what `backward` needs."""
+        raise NotImplementedError
+
+    def backward(self, dlogits):
+        """Fill ``grads`` from d(loss)/d(logits) of the preceding forward(train=True)."""
+        raise NotImplementedError
+
+    def _take_caches(self):
+        if self._caches is None:
+            raise RuntimeError("backward() needs the activations of a preceding "
+                               "forward(x, train=True)")
+        caches, self._caches = self._caches, None
+        return caches
+
+    # ---- the training step ------------------------------------------------------------
+    def init_params(self, grouped: dict):
+        """Start from grouped-layout parameters, with zero gradients and no momentum."""
+        self.params.update(self.from_grouped(grouped, copy=False))
+        for name, w in self.params.items():
+            self.grads[name] = self.device_of(name).zeros(w.shape)
+        self.velocity = {}
+
+    def loss(self, logits, labels):
+        """(mean softmax cross-entropy, probs) of logits from `forward`."""
+        dev = self.devices[0]
+        with dev.activate():
+            return softmax_ops.softmax_cross_entropy_forward(dev.backend, logits, labels)
+
+    def train_step(self, x, labels, seed=0):
+        """forward(train=True) + softmax cross-entropy + backward: (loss: float, logits)."""
+        logits = self.forward(x, train=True, seed=seed)
+        dev = self.devices[0]
+        with dev.activate():
+            loss, probs = softmax_ops.softmax_cross_entropy_forward(dev.backend, logits, labels)
+            dlogits = softmax_ops.softmax_cross_entropy_backward(dev.backend, probs, labels)
+        self.backward(dlogits)
+        return loss, logits
+
+    def sgd_step(self, lr, momentum=0.9, weight_decay=5e-4):
+        """One SGD step with momentum over every parameter (the paper's rule):
+        v <- momentum v - weight_decay lr w - lr grad; w <- w + v."""
+        for dev in self.devices:
+            dev.begin()
+        for name, w in self.params.items():
+            dev = self.device_of(name)
+            with dev.activate():
+                v = self.velocity.get(name)
+                if v is None:
+                    v = self.velocity[name] = dev.zeros(w.shape)
+                sgd_update(dev.backend, w, self.grads[name], v, lr, momentum=momentum,
+                           weight_decay=weight_decay)
+        for dev in self.devices:
+            dev.finish()
+
+    def evaluate(self, x):
+        """Test-time logits (no dropout, nothing kept for backward)."""
+        return self.forward(x, train=False, seed=0)
+
+    def synchronize(self):
+        for dev in self.devices:
+            dev.synchronize()
+
+    # ---- state for checkpoints (grouped layout) ---------------------------------------
+    def state_dict(self) -> dict:
+        return self.to_grouped(self.params)
+
+    def grad_state_dict(self) -> dict:
+        return self.to_grouped(self.grads)
+
+    def load_state_dict(self, grouped: dict):
+        self.params.update(self.from_grouped(grouped))
+
+    def optimizer_state(self) -> dict:
+        return self.to_grouped(self.velocity) if self.velocity else {}
+
+    def load_optimizer_state(self, grouped: dict):
+        self.velocity = self.from_grouped(grouped) if grouped else {}

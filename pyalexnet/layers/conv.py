@@ -1,0 +1,101 @@
+"""Convolution, with an optional ReLU in the kernel's bias+ReLU epilogue."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..devices import tower_slices
+from ..ops import conv as conv_ops
+from ..ops import relu as relu_ops
+from .base import ConfigError
+from .weights import WeightLayer
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conv(WeightLayer):
+    TYPE = "conv"
+    SPATIAL = True
+
+    filters: int
+    size: int
+    stride: int = 1
+    pad: int = 0
+    groups: int = 1
+
+    def check(self, towers):
+        c, h, w = self.in_shape
+        k, r, s, p, g = self.filters, self.size, self.stride, self.pad, self.groups
+        self.positive(filters=k, size=r, stride=s, groups=g)
+        if p < 0:
+            raise ConfigError(f"layer {self.name}: pad must be >= 0, got {p}")
+        if towers > 1 and self.index == 0 and g != 1:
+            raise ConfigError(f"layer {self.name}: the first layer of a {towers}-tower net reads "
+                              f"the whole image, so its groups must be 1, got {g}")
+        if c % g or k % g:
+            raise ConfigError(f"layer {self.name}: groups={g} must divide both its {c} input "
+                              f"channels and its {k} filters")
+        if towers > 1 and g != 1 and g % towers:
+            raise ConfigError(f"layer {self.name}: in a {towers}-tower net groups must be 1 "
+                              f"(read every tower) or a multiple of {towers} (stay in the "
+                              f"tower), got {g}")
+        ph, pw = (h + 2 * p - r) // s + 1, (w + 2 * p - r) // s + 1
+        if ph < 1 or pw < 1:
+            raise ConfigError(f"layer {self.name}: a {r}x{r} filter does not fit a {h}x{w} "
+                              f"input with pad {p}")
+        if towers > 1 and k < towers:
+            raise ConfigError(f"layer {self.name}: {k} filters cannot be split over {towers} "
+                              "towers")
+        return (k, ph, pw)
+
+    @property
+    def param_shapes(self):
+        return {"w": (self.filters, self.in_shape[0] // self.groups, self.size, self.size),
+                "b": (self.filters,)}
+
+    def forward(self, be, x, params, ctx, relu=False):
+        y = conv_ops.conv2d_forward(be, x, params["w"], params["b"], stride=self.stride,
+                                    pad=self.pad, groups=self.groups // ctx.split, relu=relu)
+        return y, (x, y)
+
+    def backward(self, be, dy, cache, params, ctx, need_dx=True, relu=False):
+        x, y = cache
+        if relu:
+            dy = relu_ops.relu_backward(be, y, dy)
+        w, s, p, g = params["w"], self.stride, self.pad, self.groups // ctx.split
+        dw = conv_ops.conv2d_backward_filter(be, x, dy, w.shape, stride=s, pad=p, groups=g)
+        db = conv_ops.conv2d_backward_bias(be, dy)
+        dx = (conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=s, pad=p, groups=g)
+              if need_dx else None)
+        return dx, {"w": dw, "b": db}
+
+    def tower_kind(self, first):
+        if self.groups != 1:
+            return "local"
+        return "whole" if first else "blocks"
+
+    def input_slices(self, towers):
+        return tower_slices(self.in_shape[0], towers)
+
+    def block_forward(self, be, x, w, acc):
+        y = conv_ops.conv2d_forward(be, x, w, stride=self.stride, pad=self.pad)
+        if acc is None:
+            return y
+        be.xp.add(acc, y, out=acc)
+        return acc
+
+    def block_backward_data(self, be, dy, w, x):
+        return conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=self.stride,
+                                             pad=self.pad)
+
+    def block_backward_weight(self, be, x, dy, w_shape):
+        return conv_ops.conv2d_backward_filter(be, x, dy, w_shape, stride=self.stride,
+                                               pad=self.pad)
+
+    def note(self, towers):
+        s = f"{self.size}x{self.size}"
+        s += f" s{self.stride}" if self.stride != 1 else ""
+        s += f" p{self.pad}" if self.pad else ""
+        if self.groups > 1:
+            s += f" groups {self.groups}"
+        elif towers > 1:
+            s += " (reads both towers)"
+        return s

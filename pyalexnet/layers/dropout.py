@@ -1,0 +1,54 @@
+"""Dropout with one mask per tower slice, each from its own Philox seed.
+
+Every tower draws its mask from `dropout_seed(step seed, layer index, tower)`, so a tower on
+its own device draws exactly the mask that the grouped single-device net draws for it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..devices import tower_slices
+from ..ops import dropout as dropout_ops
+from ..rng import dropout_seed
+from .base import ConfigError, Layer
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropout(Layer):
+    TYPE = "dropout"
+
+    p: float = 0.5
+
+    def check(self, towers):
+        if not 0.0 <= self.p < 1.0:
+            raise ConfigError(f"layer {self.name}: dropout p must be in [0, 1), got {self.p}")
+        return self.in_shape
+
+    def _seeds(self, ctx):
+        return [dropout_seed(ctx.seed, self.index, t) for t in ctx.towers]
+
+    def forward(self, be, x, params, ctx):
+        seeds = self._seeds(ctx)
+        parts = [dropout_ops.dropout_forward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode,
+                                             train=ctx.train)
+                 for part, seed in zip(_pieces(be, x, len(seeds)), seeds)]
+        return _join(be, parts), tuple(seeds)
+
+    def backward(self, be, dy, cache, params, ctx, need_dx=True):
+        parts = [dropout_ops.dropout_backward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode)
+                 for part, seed in zip(_pieces(be, dy, len(cache)), cache)]
+        return _join(be, parts), {}
+
+    def note(self, towers):
+        return f"p={self.p:g}"
+
+
+def _pieces(be, x, n):
+    """x split along axis 1 into n tower slices (contiguous copies; x itself when n == 1)."""
+    if n == 1:
+        return [x]
+    return [be.xp.ascontiguousarray(x[:, s]) for s in tower_slices(x.shape[1], n)]
+
+
+def _join(be, parts):
+    return parts[0] if len(parts) == 1 else be.xp.concatenate(parts, axis=1)

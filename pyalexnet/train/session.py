@@ -1,0 +1,84 @@
+"""Setting a run up: its network, data, loaders and starting state, from the resolved
+options and (when resuming) a checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import data
+from ..backends import get_backend
+from ..net import net_from_options
+from .state import TrainState
+
+
+class Loaders:
+    """The run's loaders, made once each (worker processes are kept between epochs)."""
+
+    def __init__(self, opts, train_set, val_set, mean):
+        self.opts, self.train_set, self.val_set, self.mean = opts, train_set, val_set, mean
+        self._made = {}
+
+    def get(self, train, ten_crop=False):
+        key = (train, ten_crop)
+        if key not in self._made:
+            o = self.opts
+            self._made[key] = data.make_loader(
+                self.train_set if train else self.val_set, batch_size=int(o["batch_size"]),
+                train=train, crop=o["crop"], resize=o["resize"], mean=self.mean,
+                seed=int(o["seed"]), workers=int(o["workers"]), ten_crop=ten_crop,
+                limit=o["limit_train"] if train else o["limit_val"],
+                pca_noise=float(o["pca_noise"]), flip=bool(o.get("flip", True)))
+        return self._made[key]
+
+    def close(self):
+        for loader in self._made.values():
+            getattr(loader, "close", lambda: None)()
+        self._made.clear()
+
+
+@dataclass
+class Session:
+    """Everything a training loop works on."""
+
+    opts: dict
+    net: object
+    backend: object
+    train_set: object
+    val_set: object
+    classes: list
+    state: TrainState
+    loaders: Loaders
+    resumed: bool
+
+
+def channel_mean(config, train_set, opts):
+    """Per-channel mean (RGB in [0, 1]) subtracted from inputs; stored in the checkpoint.
+
+    The config's [input] mean: "dataset" (the training images' mean, the paper's choice),
+    a list of three numbers, or "none".
+    """
+    spec = config.input.mean
+    if isinstance(spec, (list, tuple)):
+        return np.asarray(spec, dtype=np.float32)
+    if spec in (None, "none", False):
+        return None
+    # A fixed random sample of 500 training images is plenty for three numbers.
+    return np.asarray(data.compute_channel_mean(train_set, opts["resize"], samples=500,
+                                                seed=int(opts["seed"])), dtype=np.float32)
+
+
+def open_session(opts, resume=None) -> Session:
+    """The network, data and state of a run (``resume``: a Checkpoint to continue)."""
+    backend = get_backend(None if opts["backend"] == "auto" else opts["backend"])
+    train_set, classes = data.open_split(opts["source"], "train")
+    val_set, _ = data.open_split(opts["source"], "val")  # labels follow train's classes
+    net = net_from_options(opts, backend, num_classes=len(classes))
+    if resume is not None:
+        net.load_state_dict(resume.params)
+        state = TrainState.from_meta(resume.meta)
+        net.load_optimizer_state(resume.velocities)
+    else:
+        state = TrainState(lr=float(opts["lr"]), mean=channel_mean(net.config, train_set, opts))
+    return Session(opts, net, backend, train_set, val_set, classes, state,
+                   Loaders(opts, train_set, val_set, state.mean), resume is not None)
