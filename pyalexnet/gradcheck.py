@@ -1,6 +1,6 @@
 """Central-difference gradient checks for the NumPy references (run them in float64).
 
-Error measure (DESIGN.md §6): |analytic - numeric| <= tol * max(|analytic|, |numeric|, 1).
+Error measure (docs/ARCHITECTURE.md, Tests): |analytic - numeric| <= tol * max(|analytic|, |numeric|, 1).
 """
 import numpy as np
 

@@ -1,4 +1,4 @@
-// CUDA host emulation: the dialect of DESIGN.md §3 for g++.
+// CUDA host emulation: the kernel dialect (docs/ARCHITECTURE.md) for g++.
 //
 // Include this after every standard and pybind11 header: its macros (__shared__,
 // threadIdx, ...) would clash with names there. The runtime behind it (fibers, barriers,

@@ -1,6 +1,6 @@
 """Image decoding and the paper's augmentation, in plain NumPy and Pillow.
 
-Pipeline (Krizhevsky et al. 2012, section 4.1; DESIGN.md section 5):
+Pipeline (Krizhevsky et al. 2012, section 4.1; docs/ARCHITECTURE.md, the paper's recipe):
 
 1. ``load_image``: decode any Pillow-readable file, convert it to 8-bit RGB, rescale the
    shorter side to ``resize`` (256) and keep the centre ``resize`` x ``resize`` square.
