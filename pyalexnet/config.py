@@ -10,14 +10,12 @@ allowed.
 """
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .layers import ConfigError, parse_layers
-from .layers.base import typed_value
+from .layers import parse_layers
+from .schema import ConfigError, parse_fields
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TOP_KEYS = {"name", "description", "towers", "num_classes", "input", "init", "train", "layer"}
@@ -134,19 +132,7 @@ def _section(raw, cls, key, where):
     table = raw.get(key, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [{key}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) in [{key}]: {', '.join(unknown)}; "
-                          f"allowed: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in table.items():
-        try:
-            values[name] = typed_value(hints[name], value)
-        except ValueError as e:
-            raise ConfigError(f"{where}: [{key}] {name} must be {e}, got {value!r}") from None
-    return cls(**values)
+    return cls(**parse_fields(cls, table, f"{where} [{key}]"))
 
 
 def _check_input(inp, where):

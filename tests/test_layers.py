@@ -73,14 +73,14 @@ def test_unregistered_types_are_listed():
 
 
 @pytest.mark.parametrize("section, key, value, message", [
-    ("train", "learning_rate", 0.1, r"unknown key\(s\) in \[train\]: learning_rate; allowed: "
-                                    r"batch_size, lr"),
-    ("train", "lr", "fast", r"\[train\] lr must be a number, got 'fast'"),
-    ("train", "epochs", 2.5, r"\[train\] epochs must be an integer"),
+    ("train", "learning_rate", 0.1, r"net.toml \[train\]: unknown key\(s\) learning_rate; "
+                                    r"allowed: batch_size, lr"),
+    ("train", "lr", "fast", r"\[train\]: lr must be a number, got 'fast'"),
+    ("train", "epochs", 2.5, r"\[train\]: epochs must be an integer"),
     ("train", "lr_schedule", "cosine", r"lr_schedule must be one of plateau, step"),
     ("train", "lr_step_epochs", [3, 2], "increasing positive epoch numbers"),
     ("train", "batch_size", 0, r"batch_size must be at least 1"),
-    ("input", "flip", "yes", r"\[input\] flip must be true or false"),
+    ("input", "flip", "yes", r"\[input\]: flip must be true or false"),
     ("input", "mean", [0.5], r"mean must be \"dataset\", \"none\" or a list of 3 numbers"),
     ("init", "bias", "zeros", r"\[init\] bias must be \"paper\", \"caffe\" or a number"),
 ])

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ConfigError, Layer, Pass
+from ..schema import ConfigError
+from .base import Layer, Pass
 from .conv import Conv
 from .dropout import Dropout
 from .fc import FC

@@ -13,15 +13,12 @@ See docs/ARCHITECTURE.md for how the engines compose layers into a training step
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import numpy as np
 
-
-class ConfigError(ValueError):
-    """A network definition that cannot be built; the message names the layer and key."""
+from ..schema import ConfigError, parse_fields
 
 
 @dataclass(frozen=True)
@@ -72,23 +69,7 @@ class Layer:
     @classmethod
     def parse(cls, table: dict, name: str, index: int, in_shape: tuple, towers: int) -> "Layer":
         """The layer a ``[[layer]]`` table (without name and type) describes."""
-        fields = cls.config_fields()
-        allowed = [f.name for f in fields]
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            raise ConfigError(f"layer {name} ({cls.TYPE}): unknown key(s) {', '.join(unknown)}; "
-                              f"allowed: {', '.join(allowed) or 'none'}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for f in fields:
-            if f.name in table:
-                try:
-                    values[f.name] = typed_value(hints[f.name], table[f.name])
-                except ValueError as e:
-                    raise ConfigError(f"layer {name}: {f.name} must be {e}, got "
-                                      f"{table[f.name]!r}") from None
-            elif f.default is dataclasses.MISSING:
-                raise ConfigError(f"layer {name} ({cls.TYPE}) needs {f.name}")
+        values = parse_fields(cls, table, f"layer {name} ({cls.TYPE})", cls.config_fields())
         if cls.SPATIAL and len(in_shape) != 3:
             raise ConfigError(f"layer {name} ({cls.TYPE}) needs (C, H, W) maps but gets "
                               f"{tuple(in_shape)} (after an fc layer)")
@@ -150,25 +131,3 @@ class Layer:
     # ---- summary ----------------------------------------------------------------------
     def note(self, towers: int) -> str:
         return ""
-
-
-KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-         tuple: "a list"}
-
-
-def typed_value(hint, value):
-    """``value`` as a config field of type ``hint`` (int, float, bool, str, tuple, object or
-    Optional[...]); a ValueError names the kind of value expected."""
-    if typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint):
-        if value is None:
-            return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is object:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is tuple and isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, hint) and not (hint in (int, float) and isinstance(value, bool)):
-        return value
-    raise ValueError(KINDS[hint])

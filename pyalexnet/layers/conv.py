@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ..devices import tower_slices
 from ..ops import conv as conv_ops
 from ..ops import relu as relu_ops
-from .base import ConfigError
+from ..schema import ConfigError
 from .weights import WeightLayer
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from ..devices import tower_slices
 from ..ops import dropout as dropout_ops
 from ..rng import dropout_seed
-from .base import ConfigError, Layer
+from ..schema import ConfigError
+from .base import Layer
 
 
 @dataclass(frozen=True, kw_only=True)

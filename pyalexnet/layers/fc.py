@@ -8,7 +8,7 @@ import numpy as np
 from ..devices import feature_slices
 from ..ops import linear as linear_ops
 from ..ops import relu as relu_ops
-from .base import ConfigError
+from ..schema import ConfigError
 from .weights import WeightLayer
 
 

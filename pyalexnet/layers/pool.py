@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ops import pool as pool_ops
-from .base import ConfigError, Layer
+from ..schema import ConfigError
+from .base import Layer
 
 
 @dataclass(frozen=True, kw_only=True)
