@@ -54,7 +54,7 @@ def train_case(case, root, out):
 
     config, backend, devices = case
     argv = ["--config", config, "--data", str(root), "--out", str(out), "--backend", backend,
-            "--devices", str(devices), "--batch-size", "16", "--max-steps", str(STEPS),
+            "--devices", str(devices), "--batch-size", "8", "--max-steps", str(STEPS),
             "--limit-val", "16", "--log-every", "5", "--seed", "7", "--lr", "0.02"]
     assert train.main(argv) == 0
     c = ckpt.load(out)
@@ -66,9 +66,9 @@ def train_case(case, root, out):
 def data_root(tmp_path_factory):
     from pyalexnet.data import ensure_builtin_dataset
 
-    # 10 classes x 24 images: 20 steps of 16 cross an epoch boundary (15 steps an epoch).
+    # 10 classes x 12 images: 20 steps of 8 cross an epoch boundary (15 steps an epoch).
     return ensure_builtin_dataset(tmp_path_factory.mktemp("golden") / "data", num_classes=10,
-                                  train_per_class=24, val_per_class=2, image_size=40, seed=5)
+                                  train_per_class=12, val_per_class=2, image_size=40, seed=5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -97,7 +97,7 @@ def record():
     from pyalexnet.data import ensure_builtin_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = ensure_builtin_dataset(Path(tmp) / "data", num_classes=10, train_per_class=24,
+        root = ensure_builtin_dataset(Path(tmp) / "data", num_classes=10, train_per_class=12,
                                       val_per_class=2, image_size=40, seed=5)
         GOLDEN.mkdir(exist_ok=True)
         for case in CASES:
