@@ -56,17 +56,45 @@ class Backend:
     runs_kernels: bool = False
     xp = np  # the array module
 
+    # A StepMemory while a repeated step runs (pyalexnet.memory): allocations come from it.
+    memory = None
+    # Device-to-host copies and synchronisations so far (kernel backends), for tests.
+    syncs = 0
+
+    def _serving(self):
+        return self.memory is not None and self.memory.serving
+
     def asarray(self, a, dtype=np.float32):
         """A C-contiguous array of this backend holding ``a`` (may be ``a`` itself)."""
+        if self._serving() and not (isinstance(a, self.xp.ndarray) and a.dtype == dtype
+                                    and a.flags.c_contiguous):
+            a = np.asarray(a)
+            buf = self.empty(a.shape, dtype)
+            buf[...] = a
+            return buf
         return np.ascontiguousarray(a, dtype=dtype)
 
     def to_numpy(self, a):
+        if self.runs_kernels:
+            self.syncs += 1
         return np.asarray(a)
 
     def empty(self, shape, dtype=np.float32):
-        return self.xp.empty(shape, dtype=dtype)
+        if self._serving():
+            return self.memory.take(self._empty, shape, np.dtype(dtype))
+        return self._empty(shape, dtype)
 
     def zeros(self, shape, dtype=np.float32):
+        if self._serving():
+            buf = self.empty(shape, dtype)
+            buf.fill(0)
+            return buf
+        return self._zeros(shape, dtype)
+
+    def _empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def _zeros(self, shape, dtype):
         return self.xp.zeros(shape, dtype=dtype)
 
     def synchronize(self):
@@ -261,21 +289,33 @@ class CudaBackend(Backend):
         self._functions = {}
 
     def asarray(self, a, dtype=np.float32):
+        if self._serving() and not (isinstance(a, self.cupy.ndarray) and a.dtype == dtype
+                                    and a.flags.c_contiguous):
+            buf = self.empty(np.shape(a), dtype)  # a fixed address: graph replays reuse it
+            if isinstance(a, self.cupy.ndarray):
+                buf[...] = a
+            else:
+                buf.set(np.ascontiguousarray(a, dtype=dtype))
+            return buf
         with self.device:
             return self.cupy.ascontiguousarray(self.cupy.asarray(a, dtype=dtype))
 
     def to_numpy(self, a):
-        return self.cupy.asnumpy(a) if isinstance(a, self.cupy.ndarray) else np.asarray(a)
+        if not isinstance(a, self.cupy.ndarray):
+            return np.asarray(a)
+        self.syncs += 1
+        return self.cupy.asnumpy(a)
 
-    def empty(self, shape, dtype=np.float32):
+    def _empty(self, shape, dtype):
         with self.device:
             return self.cupy.empty(shape, dtype=dtype)
 
-    def zeros(self, shape, dtype=np.float32):
+    def _zeros(self, shape, dtype):
         with self.device:
             return self.cupy.zeros(shape, dtype=dtype)
 
     def synchronize(self):
+        self.syncs += 1
         self.device.synchronize()
 
     def function(self, file, kernel):

@@ -37,6 +37,21 @@ def feature_slices(in_shape, towers: int) -> list:
     return [slice(s.start * hw, s.stop * hw) for s in tower_slices(in_shape[0], towers)]
 
 
+def contiguous_copy(be, a):
+    """A C-contiguous copy of ``a`` (a slice of another array) from ``be``'s allocator."""
+    out = be.empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def join_towers(be, parts):
+    """The tower slices ``parts`` joined along axis 1, in an array from ``be``'s allocator."""
+    if len(parts) == 1:
+        return parts[0]
+    shape = (parts[0].shape[0], sum(p.shape[1] for p in parts)) + tuple(parts[0].shape[2:])
+    return be.xp.concatenate(parts, axis=1, out=be.empty(shape, parts[0].dtype))
+
+
 def tower_shape(in_shape, t, towers) -> tuple:
     """Tower t's share of a per-image activation shape (channels split, the rest whole)."""
     s = tower_slices(in_shape[0], towers)[t]
@@ -149,7 +164,7 @@ class Link:
         """Start copying ``src`` (on ``source``) to ``dest``; returns at once."""
         if not dest.cuda:
             with dest.activate():
-                return Transfer(dest.backend.xp.array(src, copy=True), dest, None)
+                return Transfer(contiguous_copy(dest.backend, src), dest, None)
         runtime = dest.backend.cupy.cuda.runtime
         ready = source.record()              # src has been computed
         with dest.activate():

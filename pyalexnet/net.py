@@ -115,9 +115,15 @@ class Net:
         """(mean softmax cross-entropy, probs) of logits from `forward`."""
         return self.engine.loss(logits, labels)
 
-    def train_step_grads(self, x, labels, seed=0):
-        """forward(train=True) + softmax cross-entropy + backward: (loss: float, logits)."""
-        return self.engine.train_step(self._check_input(x), labels, seed=int(seed))
+    def train_step_grads(self, x, labels, seed=0, sync=True):
+        """forward(train=True) + softmax cross-entropy + backward: (loss, logits); the loss a
+        float, or with ``sync=False`` a one-element array on device 0 (nothing waits)."""
+        return self.engine.train_step(self._check_input(x), labels, seed=int(seed), sync=sync)
+
+    def repeated_step(self, key):
+        """Context for one step of a loop: from the second step with the same ``key`` (the
+        input shape, say) on, the step allocates nothing (pyalexnet.memory)."""
+        return self.engine.repeated_step(key)
 
     def sgd_step(self, lr, momentum=0.9, weight_decay=5e-4):
         """One SGD step with momentum over every parameter (see Engine.sgd_step)."""

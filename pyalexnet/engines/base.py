@@ -6,9 +6,15 @@ grouped single-device layout for state dicts, so a checkpoint written by one eng
 into any other. Subclasses say where each parameter lives (`device_of`, `from_grouped`,
 `to_grouped`) and how the forward and backward passes run (`forward`, `backward`); the
 loss, the SGD update and the state handling are the same for all.
+
+A training step run inside `repeated_step` allocates nothing after its first run and
+copies nothing back to the host (`train_step(sync=False)`): see pyalexnet.memory.
 """
 from __future__ import annotations
 
+import contextlib
+
+from ..memory import StepMemory
 from ..ops import softmax as softmax_ops
 from ..ops.sgd import sgd_update
 
@@ -20,6 +26,7 @@ class Engine:
         self.config = config
         self.dropout_mode, self.alpha_over_n = dropout_mode, alpha_over_n
         self.params, self.grads, self.velocity = {}, {}, {}
+        self._memories = {}  # step memory per input shape
 
     # ---- layout (subclasses) ----------------------------------------------------------
     def device_of(self, name):
@@ -65,15 +72,25 @@ class Engine:
         with dev.activate():
             return softmax_ops.softmax_cross_entropy_forward(dev.backend, logits, labels)
 
-    def train_step(self, x, labels, seed=0):
-        """forward(train=True) + softmax cross-entropy + backward: (loss: float, logits)."""
+    def train_step(self, x, labels, seed=0, sync=True):
+        """forward(train=True) + softmax cross-entropy + backward: (loss, logits); the loss
+        a float, or with ``sync=False`` a one-element array on devices[0]."""
         logits = self.forward(x, train=True, seed=seed)
         dev = self.devices[0]
         with dev.activate():
-            loss, probs = softmax_ops.softmax_cross_entropy_forward(dev.backend, logits, labels)
+            loss, probs = softmax_ops.softmax_cross_entropy_forward(dev.backend, logits, labels,
+                                                                    sync=sync)
             dlogits = softmax_ops.softmax_cross_entropy_backward(dev.backend, probs, labels)
         self.backward(dlogits)
         return loss, logits
+
+    @contextlib.contextmanager
+    def repeated_step(self, key):
+        """Run one training step (``key``: what fixes its buffers, e.g. the input shape) on
+        the buffers of the previous step with that key: no allocation after the first."""
+        memory = self._memories.setdefault(key, StepMemory())
+        with memory.active(dev.backend for dev in self.devices):
+            yield memory
 
     def sgd_step(self, lr, momentum=0.9, weight_decay=5e-4):
         """One SGD step with momentum over every parameter (the paper's rule):
@@ -85,11 +102,18 @@ class Engine:
             with dev.activate():
                 v = self.velocity.get(name)
                 if v is None:
-                    v = self.velocity[name] = dev.zeros(w.shape)
+                    with self._persistent(dev):
+                        v = self.velocity[name] = dev.zeros(w.shape)
                 sgd_update(dev.backend, w, self.grads[name], v, lr, momentum=momentum,
                            weight_decay=weight_decay)
         for dev in self.devices:
             dev.finish()
+
+    @staticmethod
+    def _persistent(dev):
+        """Allocations that outlive the step, even inside `repeated_step`."""
+        memory = dev.backend.memory
+        return memory.persistent() if memory is not None else contextlib.nullcontext()
 
     def evaluate(self, x):
         """Test-time logits (no dropout, nothing kept for backward)."""

@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import get_backend
-from ..devices import TOWER_NAMES, Device, Link, tower_shape, tower_slices
+from ..devices import (TOWER_NAMES, Device, Link, contiguous_copy, join_towers, tower_shape,
+                       tower_slices)
 from ..layers import Pass, build_steps
 from ..model import layer_params
 from ..ops import relu as relu_ops
@@ -138,7 +139,7 @@ class TwoDeviceEngine(Engine):
         parts = [acts[0]] + [self.link.send(acts[t], devs[t], devs[0]).get()
                              for t in range(1, T)]
         with devs[0].activate():
-            logits = devs[0].backend.xp.concatenate(parts, axis=1)
+            logits = join_towers(devs[0].backend, parts)
         self.link.settle()
         for dev in devs:
             dev.finish()
@@ -189,7 +190,7 @@ class TwoDeviceEngine(Engine):
         d0 = devs[0].asarray(dlogits)
         cols = tower_slices(d0.shape[1], T)
         with devs[0].activate():
-            parts = [devs[0].backend.xp.ascontiguousarray(d0[:, c]) for c in cols]
+            parts = [contiguous_copy(devs[0].backend, d0[:, c]) for c in cols]
         dys = [parts[0]] + [self.link.send(parts[t], devs[0], devs[t]).get()
                             for t in range(1, T)]
         for i in reversed(range(len(self.steps))):

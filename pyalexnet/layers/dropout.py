@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..devices import tower_slices
+from ..devices import contiguous_copy, join_towers, tower_slices
 from ..ops import dropout as dropout_ops
 from ..rng import dropout_seed
 from ..schema import ConfigError
@@ -33,12 +33,12 @@ class Dropout(Layer):
         parts = [dropout_ops.dropout_forward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode,
                                              train=ctx.train)
                  for part, seed in zip(_pieces(be, x, len(seeds)), seeds)]
-        return _join(be, parts), tuple(seeds)
+        return join_towers(be, parts), tuple(seeds)
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True):
         parts = [dropout_ops.dropout_backward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode)
                  for part, seed in zip(_pieces(be, dy, len(cache)), cache)]
-        return _join(be, parts), {}
+        return join_towers(be, parts), {}
 
     def note(self, towers):
         return f"p={self.p:g}"
@@ -48,8 +48,4 @@ def _pieces(be, x, n):
     """x split along axis 1 into n tower slices (contiguous copies; x itself when n == 1)."""
     if n == 1:
         return [x]
-    return [be.xp.ascontiguousarray(x[:, s]) for s in tower_slices(x.shape[1], n)]
-
-
-def _join(be, parts):
-    return parts[0] if len(parts) == 1 else be.xp.concatenate(parts, axis=1)
+    return [contiguous_copy(be, x[:, s]) for s in tower_slices(x.shape[1], n)]

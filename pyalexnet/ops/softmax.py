@@ -5,13 +5,17 @@ The mean is a fixed-order reduction, so a batch gives the same loss on every run
 
 Labels are integer arrays of shape (N,) (int32 on the kernel backends; any integer dtype is
 accepted and converted after validation). They are checked against [0, C) on the host
-before every launch: on the cuda backend that copies the N labels to the host (a few
-hundred bytes; labels usually start on the host anyway). A bad label raises ValueError.
+before every launch: on the cuda backend that copies the N labels to the host, unless they
+come as `Labels` (`prepare_labels`: the host copy checked once, the device copy made once
+per batch), as a training step passes them, which then needs no device-to-host copy. A bad
+label raises ValueError.
 
 Top-k: a row is correct at k when fewer than k classes rank before its label, where a class
 ranks before the label if its logit is strictly greater, or equal with a smaller class
 index (ties go to the lower index). A NaN label logit is always an error.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ._launch import ceil_div, f32, i32, require_float32
@@ -43,8 +47,24 @@ def _check(logits, labels_host, need_float32):
                          f"({int(bad.sum())} out of range)")
 
 
+class Labels(NamedTuple):
+    """A batch's labels on the host and on the backend, made once by `prepare_labels`."""
+
+    host: np.ndarray
+    device: object
+
+
+def prepare_labels(be, labels) -> Labels:
+    """Labels for every op of one batch: the host copy, and the backend's int32 copy."""
+    host = np.asarray(be.to_numpy(labels) if not isinstance(labels, np.ndarray) else labels)
+    return Labels(host, be.asarray(host, dtype=np.int32) if be.runs_kernels else host)
+
+
 def _labels(be, logits, labels):
     """Validated labels: (host copy, backend int32 array)."""
+    if isinstance(labels, Labels):
+        _check(logits, labels.host, be.runs_kernels)
+        return labels
     host = be.to_numpy(labels)
     _check(logits, host, be.runs_kernels)
     return host, (be.asarray(labels, dtype=np.int32) if be.runs_kernels else host)
@@ -98,18 +118,19 @@ def topk_errors_reference(logits, labels, ks=(1, 5)):
 
 # ---- launchers -----------------------------------------------------------------------------
 
-def softmax_cross_entropy_forward(be, logits, labels):
-    """(loss, probs): loss a Python float, the mean over the batch; probs (N, C)."""
+def softmax_cross_entropy_forward(be, logits, labels, sync=True):
+    """(loss, probs): loss the mean over the batch, a Python float, or with ``sync=False`` a
+    one-element float32 array on the backend (no device-to-host copy); probs (N, C)."""
     host, labels = _labels(be, logits, labels)
     if not be.runs_kernels:
         loss, probs = softmax_cross_entropy_reference(logits, host)
-        return float(loss), probs
+        return (float(loss) if sync else np.array([loss], dtype=np.float32)), probs
     n, c = logits.shape
     probs, loss_rows, mean = be.empty((n, c)), be.empty((n,)), be.empty((1,))
     be.launch(KERNELS, "softmax_xent_forward", n, _row_block(c),
               [logits, labels, probs, loss_rows, i32(c)])
     be.launch(KERNELS, "softmax_loss_mean", 1, MAX_BLOCK, [loss_rows, mean, i32(n)])
-    return float(be.to_numpy(mean)[0]), probs
+    return (float(be.to_numpy(mean)[0]) if sync else mean), probs
 
 
 def softmax_cross_entropy_backward(be, probs, labels):
@@ -125,16 +146,26 @@ def softmax_cross_entropy_backward(be, probs, labels):
     return d
 
 
+def topk_ranks(be, logits, labels):
+    """Per row, how many classes rank before the label (int32, on the backend)."""
+    host, labels = _labels(be, logits, labels)
+    if not be.runs_kernels:
+        return topk_ranks_reference(logits, host)
+    n, c = logits.shape
+    ranks = be.empty((n,), dtype=np.int32)
+    be.launch(KERNELS, "softmax_topk_rank", n, _row_block(c), [logits, labels, ranks, i32(c)])
+    return ranks
+
+
+def count_errors(ranks, ks=(1, 5)):
+    """Top-k error counts from host `topk_ranks`."""
+    return _count(np.asarray(ranks), ks)
+
+
 def topk_errors(be, logits, labels, ks=(1, 5)):
     """Number of rows whose label is not in the top k, for each k in ``ks``.
 
     The kernel computes each row's label rank; the N ranks come back to the host, which
     counts them for every k."""
     _check_ks(ks)
-    host, labels = _labels(be, logits, labels)
-    if not be.runs_kernels:
-        return topk_errors_reference(logits, host, ks)
-    n, c = logits.shape
-    ranks = be.empty((n,), dtype=np.int32)
-    be.launch(KERNELS, "softmax_topk_rank", n, _row_block(c), [logits, labels, ranks, i32(c)])
-    return _count(be.to_numpy(ranks), ks)
+    return count_errors(be.to_numpy(topk_ranks(be, logits, labels)), ks)

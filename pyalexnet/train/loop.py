@@ -24,7 +24,7 @@ import numpy as np
 from .. import checkpoint as ckpt
 from ..data import describe_source
 from ..evaluate import evaluate, format_result
-from ..ops.softmax import topk_errors
+from ..ops.softmax import count_errors, prepare_labels, topk_ranks
 from ..progress import Progress, format_duration
 from ..rng import step_seed
 from .metrics import Averages, MetricsLog, draw_pictures
@@ -114,19 +114,22 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------
     def _train_step(self, x, labels):
-        be, st = self.s.backend, self.state
-        lab = be.asarray(labels, dtype=np.int32)
-        loss, logits = self.net.train_step_grads(x, lab, seed=step_seed(self.opts["seed"],
-                                                                         st.step))
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"the loss is {loss} at step {st.step + 1} (epoch "
-                                   f"{st.epoch + 1}, batch {st.batch + 1}, lr {st.lr:g})")
-        e1, e5 = topk_errors(be, logits, lab, ks=(1, min(5, self.num_classes)))
-        self._in_update = True  # until the step counters match the parameters again
-        o = self.opts
-        self.net.sgd_step(st.lr, momentum=float(o["momentum"]),
-                          weight_decay=float(o["weight_decay"]))
+        """One step on fixed buffers; the host waits once, for the loss, before the update
+        (a NaN loss never reaches the weights)."""
+        be, st, o = self.s.backend, self.state, self.opts
+        with self.net.repeated_step(tuple(x.shape)):
+            lab = prepare_labels(be, labels)
+            loss, logits = self.net.train_step_grads(x, lab, seed=step_seed(o["seed"], st.step),
+                                                     sync=False)
+            ranks = topk_ranks(be, logits, lab)
+            loss = float(be.to_numpy(loss)[0])
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"the loss is {loss} at step {st.step + 1} (epoch "
+                                       f"{st.epoch + 1}, batch {st.batch + 1}, lr {st.lr:g})")
+            self._in_update = True  # until the step counters match the parameters again
+            self.net.sgd_step(st.lr, momentum=float(o["momentum"]),
+                              weight_decay=float(o["weight_decay"]))
+        e1, e5 = count_errors(be.to_numpy(ranks), ks=(1, min(5, self.num_classes)))
         return loss, int(e1), int(e5)
 
     def _evaluate(self, ten_crop=False):
