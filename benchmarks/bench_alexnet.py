@@ -1,13 +1,19 @@
 #!/usr/bin/env python
-"""End-to-end AlexNet training steps on generated 227×227 data.
+"""Whole AlexNet training steps, ours and PyTorch's side by side, on generated data.
 
     python benchmarks/bench_alexnet.py --steps 300           # on a GPU: the paper's net, batch 128
     python benchmarks/bench_alexnet.py --config cifar-small --backend numpy --steps 5 --batch 8
 
-Runs forward + backward + SGD for --steps steps on a fixed pool of generated batches (so
-the loss must fall: the net memorises them), timing every step with the device
-synchronised, plus a separate forward/backward/update split. Writes images/s, the split and
-the loss curve as JSON (benchmarks/results/alexnet-<device>-<date>.json by default) and
+First, where PyTorch is installed, the same network in PyTorch (benchmarks/torch_twin.py:
+groups=2 convolutions for the towers, LRN, overlapping pooling, dropout) gets our weights
+and our dropout masks, and both must compute the same loss and gradients on one batch, to
+float32 rounding: so the comparison is of equal work. Then ours runs forward + backward +
+SGD for --steps steps on a fixed pool of generated batches (the loss must fall: the net
+memorises them), timing every step with the device synchronised, plus a separate
+forward / backward / update split (other = the step minus those three). Then PyTorch eager
+(SGD with momentum and weight decay, cudnn.benchmark on, TF32 off), and torch.compile where
+it runs, do the same steps. Writes images/s for each, the ratio, the split and the loss
+curve as JSON (benchmarks/results/alexnet-<config>-<device>-<date>.json by default) and
 the loss curve as a PNG beside it.
 """
 from __future__ import annotations
@@ -48,6 +54,82 @@ def generated_batches(pool, batch, size, classes, seed):
     return batches
 
 
+def our_dropout_masks(net, n, seed):
+    """The masks our dropout layers draw at ``seed`` (scaled keep masks, grouped layout)."""
+    from pyalexnet.devices import tower_slices
+    from pyalexnet.layers import Dropout
+    from pyalexnet.ops.dropout import dropout_backward
+    from pyalexnet.rng import dropout_seed
+
+    numpy_be, masks = get_backend("numpy"), []
+    for layer in net.config.layers:
+        if isinstance(layer, Dropout):
+            width = layer.in_shape[0]
+            parts = [dropout_backward(numpy_be, np.ones((n, s.stop - s.start), np.float32),
+                                      p=layer.p, seed=dropout_seed(seed, layer.index, t),
+                                      mode=net.dropout_mode)
+                     for t, s in enumerate(tower_slices(width, net.config.towers))]
+            masks.append(np.concatenate(parts, axis=1))
+    return masks
+
+
+def check_equal_work(net, twin, torch, device, x, labels, seed=7):
+    """Our loss and gradients against PyTorch's on one batch, from the same weights and
+    masks. Tolerance: 16 eps32 sqrt(longest reduction), relative to each tensor's largest
+    entry (sums of mixed signs cancel). Returns the worst error found, scaled by its
+    tolerance (<= 1 passes)."""
+    twin.load_ours(net.state_dict())
+    twin.train()
+    twin.set_dropout_masks([torch.from_numpy(m).to(device)
+                            for m in our_dropout_masks(net, len(labels), seed)])
+    twin.zero_grad()
+    xt = torch.from_numpy(x).to(device)
+    out = twin(xt)
+    loss_t = torch.nn.functional.cross_entropy(out, torch.from_numpy(labels.astype(np.int64))
+                                               .to(device))
+    loss_t.backward()
+    twin.set_dropout_masks(None)
+    be = net.backend
+    loss, _ = net.train_step_grads(be.asarray(x), be.asarray(labels, dtype=np.int32), seed=seed)
+    ours, theirs = net.grad_state_dict(), twin.grads()
+    k = max(max(int(np.prod(s[1:])), len(labels) * int(np.prod(layer.out_shape[1:])))
+            for layer in net.config.layers for s in [layer.param_shapes.get("w", (1, 1))])
+    rtol = 16 * np.finfo(np.float32).eps * np.sqrt(k)
+    loss_t = float(loss_t.detach())
+    worst = abs(float(loss) - loss_t) / (rtol * max(1.0, abs(float(loss))))
+    report = {"loss_ours": float(loss), "loss_torch": loss_t, "rtol": rtol}
+    for name, g in ours.items():
+        scale = rtol * max(float(np.abs(theirs[name]).max()), 1e-30)
+        err = float(np.abs(g - theirs[name]).max()) / scale
+        report[name] = err
+        worst = max(worst, err)
+    report["worst_over_tolerance"] = worst
+    return report
+
+
+def time_torch(torch, twin, device, batches, steps, lr, max_seconds, compiled=False):
+    """Median ms per training step of PyTorch (forward, loss, backward, SGD)."""
+    model = torch.compile(twin) if compiled else twin
+    opt = torch.optim.SGD(twin.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    data = [(torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device))
+            for x, y in batches]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    ms, t_start = [], time.perf_counter()
+    for step in range(steps):
+        x, y = data[step % len(data)]
+        sync()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        sync()
+        ms.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - t_start > max_seconds:
+            break
+    return statistics.median(ms[min(5, len(ms) - 1):])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="alexnet", help="network config (default alexnet)")
@@ -58,6 +140,10 @@ def main(argv=None):
     ap.add_argument("--pool", type=int, default=4, help="distinct generated batches cycled through")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--max-seconds", type=float, default=80, help="stop stepping after this long")
+    ap.add_argument("--torch", choices=("auto", "off"), default="auto",
+                    help="auto: compare with PyTorch where it is installed (default)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip the torch.compile anchor (it compiles for minutes on a CPU)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -65,20 +151,49 @@ def main(argv=None):
     net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0, bias_init="caffe")
     batches = generated_batches(args.pool, args.batch, net.config.crop_size,
                                 net.config.num_classes, seed=1)
+    torch = twin = device = None
+    equal = None
+    if args.torch == "auto":
+        try:
+            import torch
+        except ImportError:
+            print("PyTorch is not installed: no side-by-side comparison")
+    if torch is not None:
+        from torch_twin import TorchTwin
+
+        device = torch.device("cuda" if be.name == "cuda" else "cpu")
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        twin = TorchTwin(net.config).to(device)
+        equal = check_equal_work(net, twin, torch, device, *batches[0])
+        print(f"equal work: loss ours {equal['loss_ours']:.6f} torch {equal['loss_torch']:.6f}; "
+              f"worst gradient error {equal['worst_over_tolerance']:.3f} x tolerance")
+        if equal["worst_over_tolerance"] > 1:
+            print("error: ours and PyTorch do not compute the same step; not timing",
+                  file=sys.stderr)
+            return 1
+        twin.load_ours(net.state_dict())  # both start the timed run from the same weights
 
     def update():
         net.sgd_step(args.lr, 0.9, 5e-4)
+
+    def step_once(x, labels, seed):
+        """The training loop's step: fixed buffers, the loss read after the update."""
+        with net.repeated_step(x.shape):
+            loss, _ = net.train_step_grads(be.asarray(x), be.asarray(labels, dtype=np.int32),
+                                           seed=seed, sync=False)
+            update()
+        net.synchronize()
+        return float(be.to_numpy(loss)[0])
 
     losses, step_ms = [], []
     t_start = time.perf_counter()
     for step in range(args.steps):
         x, labels = batches[step % len(batches)]
         t0 = time.perf_counter()
-        loss, _ = net.train_step_grads(be.asarray(x), be.asarray(labels, dtype=np.int32), seed=step)
-        update()
-        net.synchronize()
+        loss = step_once(x, labels, step)
         step_ms.append((time.perf_counter() - t0) * 1e3)
-        losses.append(float(loss))
+        losses.append(loss)
         if not np.isfinite(loss):
             print(f"step {step}: loss is {loss}; stopping")
             break
@@ -111,6 +226,20 @@ def main(argv=None):
 
     steady = step_ms[min(5, len(step_ms) - 1):]  # skip compilation and warm-up
     ms = statistics.median(steady)
+    split["other_ms"] = ms - sum(split.values())
+    baselines = {}
+    if torch is not None:
+        baselines["pytorch_eager_ms"] = time_torch(torch, twin, device, batches, args.steps,
+                                                   args.lr, args.max_seconds)
+        try:
+            if args.no_compile:
+                raise RuntimeError("skipped (--no-compile)")
+            twin.load_ours(net.state_dict())
+            baselines["pytorch_compile_ms"] = time_torch(torch, twin, device, batches,
+                                                         args.steps, args.lr, args.max_seconds,
+                                                         compiled=True)
+        except Exception as e:  # compile needs a compiler toolchain; say why it did not run
+            baselines["pytorch_compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     device = be.name
     if be.name == "cuda":
         import cupy
@@ -119,14 +248,26 @@ def main(argv=None):
         "config": args.config, "device": device, "backend": be.name, "devices": args.devices,
         "batch": args.batch, "steps": len(losses), "median_ms_per_step": ms,
         "images_per_second": args.batch / (ms / 1e3), "split_ms": split,
+        "equal_work_check": equal, **baselines,
+        **{k.replace("_ms", "_images_per_second"): args.batch / (v / 1e3)
+           for k, v in baselines.items() if k.endswith("_ms")},
+        **{k.replace("_ms", "_speedup"): v / ms for k, v in baselines.items() if k.endswith("_ms")},
         "first_loss": losses[0], "last_loss": losses[-1], "loss_curve": losses,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(), "numpy": np.__version__,
         "note": "forward+backward+SGD per step, device synchronised each step; data pool of "
                 f"{args.pool} generated batches already in memory (no data loading)",
     }
-    print(f"{result['images_per_second']:.1f} images/s, {ms:.1f} ms/step; split {split}; "
-          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    print(f"ours: {result['images_per_second']:.1f} images/s, {ms:.1f} ms/step; split "
+          + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in split.items())
+          + f" ms; loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    for k, v in baselines.items():
+        if k.endswith("_ms"):
+            name = k[:-3].replace("_", " ")
+            print(f"{name}: {args.batch / (v / 1e3):.1f} images/s, {v:.1f} ms/step; ours is "
+                  f"{v / ms:.2f}x its speed")
+        else:
+            print(f"{k}: {v}")
     slug = "-".join(device.lower().split())
     out = Path(args.out) if args.out else (
         ROOT / "benchmarks" / "results" / f"alexnet-{args.config}-{slug}-{datetime.date.today():%Y%m%d}.json")

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,8 +32,26 @@ def test_kernel_benchmark_small_on_emu(tmp_path):
 def test_alexnet_benchmark_small_on_numpy(tmp_path):
     out = tmp_path / "alexnet.json"
     run("bench_alexnet.py", "--config", "cifar-small", "--backend", "numpy", "--devices", "1",
-        "--batch", "16", "--steps", "12", "--pool", "1", "--out", str(out))
+        "--batch", "16", "--steps", "12", "--pool", "1", "--no-compile", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["steps"] == 12 and result["last_loss"] < result["first_loss"]
     assert result["images_per_second"] > 0
+    assert set(result["split_ms"]) == {"forward_ms", "backward_ms", "update_ms", "other_ms"}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    # Equal work first: PyTorch's loss and gradients from our weights and masks.
+    assert result["equal_work_check"]["worst_over_tolerance"] <= 1
+    assert result["pytorch_eager_images_per_second"] > 0 and "pytorch_eager_speedup" in result
+
+
+def test_alexnet_benchmark_two_towers_equal_work_with_pytorch(tmp_path):
+    """The two-tower net on two (emulated) devices against PyTorch's groups=2 twin."""
+    pytest.importorskip("torch")
+    out = tmp_path / "towers.json"
+    run("bench_alexnet.py", "--config", "cifar-towers", "--backend", "numpy", "--devices", "2",
+        "--batch", "8", "--steps", "2", "--pool", "1", "--no-compile", "--out", str(out))
+    check = json.loads(out.read_text())["equal_work_check"]
+    assert check["worst_over_tolerance"] <= 1 and "conv3.w" in check and "fc5.w" in check
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
