@@ -14,6 +14,8 @@ import contextlib
 
 import numpy as np
 
+from .ops import copy as copy_ops
+
 TOWER_NAMES = "AB"
 
 
@@ -37,19 +39,25 @@ def feature_slices(in_shape, towers: int) -> list:
     return [slice(s.start * hw, s.stop * hw) for s in tower_slices(in_shape[0], towers)]
 
 
-def contiguous_copy(be, a):
-    """A C-contiguous copy of ``a`` (a slice of another array) from ``be``'s allocator."""
-    out = be.empty(a.shape, a.dtype)
-    out[...] = a
-    return out
+def channel_copy(be, x, start=0, stop=None):
+    """A new array holding channels [start, stop) of ``x`` (axis 1), from ``be``'s
+    allocator, copied by a kernel on the kernel backends."""
+    stop = x.shape[1] if stop is None else stop
+    out = be.empty((x.shape[0], stop - start) + tuple(x.shape[2:]), x.dtype)
+    return copy_ops.copy_channels(be, x, out, start, 0, stop - start)
 
 
 def join_towers(be, parts):
     """The tower slices ``parts`` joined along axis 1, in an array from ``be``'s allocator."""
     if len(parts) == 1:
         return parts[0]
-    shape = (parts[0].shape[0], sum(p.shape[1] for p in parts)) + tuple(parts[0].shape[2:])
-    return be.xp.concatenate(parts, axis=1, out=be.empty(shape, parts[0].dtype))
+    out = be.empty((parts[0].shape[0], sum(p.shape[1] for p in parts)) +
+                   tuple(parts[0].shape[2:]), parts[0].dtype)
+    start = 0
+    for p in parts:
+        copy_ops.copy_channels(be, p, out, 0, start, p.shape[1])
+        start += p.shape[1]
+    return out
 
 
 def tower_shape(in_shape, t, towers) -> tuple:
@@ -164,7 +172,7 @@ class Link:
         """Start copying ``src`` (on ``source``) to ``dest``; returns at once."""
         if not dest.cuda:
             with dest.activate():
-                return Transfer(contiguous_copy(dest.backend, src), dest, None)
+                return Transfer(channel_copy(dest.backend, src), dest, None)
         runtime = dest.backend.cupy.cuda.runtime
         ready = source.record()              # src has been computed
         with dest.activate():

@@ -27,11 +27,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import get_backend
-from ..devices import (TOWER_NAMES, Device, Link, contiguous_copy, join_towers, tower_shape,
+from ..devices import (TOWER_NAMES, Device, Link, channel_copy, join_towers, tower_shape,
                        tower_slices)
 from ..layers import Pass, build_steps
 from ..model import layer_params
 from ..ops import relu as relu_ops
+from ..ops.copy import add_into
 from ..ops.bias import bias_add, bias_backward
 from .base import Engine
 
@@ -190,7 +191,7 @@ class TwoDeviceEngine(Engine):
         d0 = devs[0].asarray(dlogits)
         cols = tower_slices(d0.shape[1], T)
         with devs[0].activate():
-            parts = [contiguous_copy(devs[0].backend, d0[:, c]) for c in cols]
+            parts = [channel_copy(devs[0].backend, d0, c.start, c.stop) for c in cols]
         dys = [parts[0]] + [self.link.send(parts[t], devs[0], devs[t]).get()
                             for t in range(1, T)]
         for i in reversed(range(len(self.steps))):
@@ -249,7 +250,7 @@ class TwoDeviceEngine(Engine):
             with dev.activate():
                 for t in range(T):
                     if t != s:
-                        dev.backend.xp.add(dxs[s], sent[t, s].get(), out=dxs[s])
+                        add_into(dev.backend, dxs[s], sent[t, s].get())
         # back to the shape of the activations the towers hold ((N, C, H, W) maps before fc)
         return [dx.reshape((dx.shape[0],) + tower_shape(layer.in_shape, t, T))
                 for t, dx in enumerate(dxs)]

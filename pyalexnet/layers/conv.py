@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from ..devices import tower_slices
 from ..ops import conv as conv_ops
 from ..ops import relu as relu_ops
+from ..ops.copy import add_into
 from ..schema import ConfigError
 from .weights import WeightLayer
 
@@ -77,10 +78,7 @@ class Conv(WeightLayer):
 
     def block_forward(self, be, x, w, acc):
         y = conv_ops.conv2d_forward(be, x, w, stride=self.stride, pad=self.pad)
-        if acc is None:
-            return y
-        be.xp.add(acc, y, out=acc)
-        return acc
+        return y if acc is None else add_into(be, acc, y)
 
     def block_backward_data(self, be, dy, w, x):
         return conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=self.stride,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..devices import contiguous_copy, join_towers, tower_slices
+from ..devices import channel_copy, join_towers, tower_slices
 from ..ops import dropout as dropout_ops
 from ..rng import dropout_seed
 from ..schema import ConfigError
@@ -48,4 +48,4 @@ def _pieces(be, x, n):
     """x split along axis 1 into n tower slices (contiguous copies; x itself when n == 1)."""
     if n == 1:
         return [x]
-    return [contiguous_copy(be, x[:, s]) for s in tower_slices(x.shape[1], n)]
+    return [channel_copy(be, x, s.start, s.stop) for s in tower_slices(x.shape[1], n)]

@@ -1,0 +1,22 @@
+// Moving activations between tower slices: copy a channel range of (N, C, H*W) maps into
+// another array's channel range, and add one array into another. Plain kernels (not
+// library copies), so that every byte a training step moves is a kernel launch: a
+// captured step (CUDA graph, or the emulator's recording) replays all of it.
+#include "common.cuh"
+
+// dst[n, dst_off + c, p] = src[n, src_off + c, p] for c < channels, p < hw.
+extern "C" __global__ void copy_channels(const float* __restrict__ src, float* __restrict__ dst,
+                                         long long total, int channels, int hw, int src_c,
+                                         int src_off, int dst_c, int dst_off) {
+  PA_GRID_STRIDE(i, total) {
+    const long long p = i % hw, rest = i / hw;
+    const long long c = rest % channels, n = rest / channels;
+    dst[(n * dst_c + dst_off + c) * hw + p] = src[(n * src_c + src_off + c) * hw + p];
+  }
+}
+
+// acc += x, elementwise.
+extern "C" __global__ void add_into(float* __restrict__ acc, const float* __restrict__ x,
+                                    long long n) {
+  PA_GRID_STRIDE(i, n) acc[i] += x[i];
+}
