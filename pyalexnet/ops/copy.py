@@ -13,7 +13,7 @@ KERNELS = "copy.cu"
 
 def _maps(a):
     """(N, C, H*W) view of a batch of maps or vectors."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:])))
 
 
 def copy_channels(be, src, dst, src_start, dst_start, channels):
