@@ -79,6 +79,10 @@ class Backend:
             self.syncs += 1
         return np.asarray(a)
 
+    def copy_from_host(self, dst, host):
+        """Fill the backend array ``dst`` with the host array ``host`` (same shape)."""
+        dst[...] = host
+
     def empty(self, shape, dtype=np.float32):
         if self._serving():
             return self.memory.take(self._empty, shape, np.dtype(dtype))
@@ -99,6 +103,17 @@ class Backend:
 
     def synchronize(self):
         pass
+
+    # ---- graphs: a step recorded once, replayed without Python (pyalexnet.graphs) ------
+    def begin_capture(self):
+        raise BackendUnavailable(f"the {self.name} backend cannot capture graphs (it runs "
+                                 "NumPy references, not kernels)")
+
+    def end_capture(self):
+        raise BackendUnavailable(f"the {self.name} backend cannot capture graphs")
+
+    def replay(self, graph):
+        raise BackendUnavailable(f"the {self.name} backend cannot replay graphs")
 
     def launch(self, file, kernel, grid, block, args, shared_mem=0):
         """Run ``kernel`` of ``kernels/<file>`` on a grid of blocks."""
@@ -159,7 +174,34 @@ class EmuBackend(Backend):
         self._files = {}
         self.last_fibers = 0  # fiber stacks the last launch's busiest block held at once
 
+    _recording = None  # the launches of a graph being captured
+
+    def begin_capture(self):
+        if self._recording is not None:
+            raise RuntimeError("a graph capture is already in progress on this backend")
+        self._recording = []
+
+    def end_capture(self):
+        graph, self._recording = self._recording, None
+        return graph
+
+    def replay(self, graph):
+        for launch in graph:
+            self._run(*launch)
+
+    def to_numpy(self, a):
+        if self._recording is not None:  # as CUDA refuses a copy to the host in a capture
+            raise KernelError("a device-to-host copy during graph capture: the captured step "
+                              "must not read results on the host")
+        return super().to_numpy(a)
+
     def _launch(self, file, kernel, grid, block, args, shared_mem):
+        if self._recording is not None:  # as CUDA's stream capture: recorded, not run
+            self._recording.append((file, kernel, grid, block, args, shared_mem))
+            return
+        self._run(file, kernel, grid, block, args, shared_mem)
+
+    def _run(self, file, kernel, grid, block, args, shared_mem):
         known = self._files.get(kernel)
         if known is None:
             try:
@@ -300,6 +342,10 @@ class CudaBackend(Backend):
         with self.device:
             return self.cupy.ascontiguousarray(self.cupy.asarray(a, dtype=dtype))
 
+    def copy_from_host(self, dst, host):
+        with self.device:
+            dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
+
     def to_numpy(self, a):
         if not isinstance(a, self.cupy.ndarray):
             return np.asarray(a)
@@ -317,6 +363,25 @@ class CudaBackend(Backend):
     def synchronize(self):
         self.syncs += 1
         self.device.synchronize()
+
+    def begin_capture(self):
+        """Capture the work queued on a fresh stream (and on streams it forks to by events,
+        as the two-device engine's streams do) until `end_capture`."""
+        with self.device:
+            self._capture_stream = self.cupy.cuda.Stream(non_blocking=True)
+        self._capture_stream.__enter__()
+        self._capture_stream.begin_capture()
+
+    def end_capture(self):
+        stream, self._capture_stream = self._capture_stream, None
+        try:
+            return stream.end_capture()
+        finally:
+            stream.__exit__(None, None, None)
+
+    def replay(self, graph):
+        with self.device:
+            graph.launch()
 
     def function(self, file, kernel):
         """The compiled kernel (NVRTC runs on first use; CuPy caches the binary on disk)."""

@@ -102,7 +102,7 @@ class Net:
     def forward(self, x, train=True, seed=0):
         """Logits (N, classes) on device 0's backend. ``train`` turns dropout on and keeps the
         activations for `backward`; ``seed`` selects the dropout masks."""
-        return self.engine.forward(self._check_input(x), bool(train), int(seed))
+        return self.engine.forward(self._check_input(x), bool(train), _seed(seed))
 
     def backward(self, dlogits):
         """Fill ``grads`` from d(loss)/d(logits) of the preceding forward(train=True)."""
@@ -118,7 +118,7 @@ class Net:
     def train_step_grads(self, x, labels, seed=0, sync=True):
         """forward(train=True) + softmax cross-entropy + backward: (loss, logits); the loss a
         float, or with ``sync=False`` a one-element array on device 0 (nothing waits)."""
-        return self.engine.train_step(self._check_input(x), labels, seed=int(seed), sync=sync)
+        return self.engine.train_step(self._check_input(x), labels, seed=_seed(seed), sync=sync)
 
     def repeated_step(self, key):
         """Context for one step of a loop: from the second step with the same ``key`` (the
@@ -135,6 +135,12 @@ class Net:
     def __repr__(self):
         return (f"<Net {self.config.name} {self.num_params():,} params on "
                 f"{self.backend.name} x{self.devices}>")
+
+
+def _seed(seed):
+    """A step's dropout seed: an integer, or a one-element uint64 array on the device (read
+    by the kernels, so a replayed graph draws each step's masks)."""
+    return int(seed) if isinstance(seed, (int, np.integer)) else seed
 
 
 def net_from_options(options: dict, backend, num_classes=None, devices=None) -> Net:

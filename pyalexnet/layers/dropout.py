@@ -26,6 +26,8 @@ class Dropout(Layer):
         return self.in_shape
 
     def _seeds(self, ctx):
+        if not isinstance(ctx.seed, int):
+            raise NotImplementedError("dropout with a device seed (captured graphs)")
         return [dropout_seed(ctx.seed, self.index, t) for t in ctx.towers]
 
     def forward(self, be, x, params, ctx):

@@ -35,15 +35,19 @@ def _check(logits, labels_host, need_float32):
         raise ValueError(f"at most 2**24 - 1 classes are supported, got {c}")
     if need_float32:
         require_float32("softmax: logits", logits)
+    check_labels(c, labels_host, n, f" for logits {logits.shape}")
+
+
+def check_labels(classes, labels_host, n, what=""):
+    """Labels (on the host) must be N integers in [0, classes)."""
     if not np.issubdtype(labels_host.dtype, np.integer):
         raise TypeError(f"labels must be an integer array, got {labels_host.dtype}")
     if labels_host.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) for logits {logits.shape}, "
-                         f"got {labels_host.shape}")
-    bad = (labels_host < 0) | (labels_host >= c)
+        raise ValueError(f"labels must have shape ({n},){what}, got {labels_host.shape}")
+    bad = (labels_host < 0) | (labels_host >= classes)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"labels must be in [0, {c}): labels[{i}] = {labels_host[i]} "
+        raise ValueError(f"labels must be in [0, {classes}): labels[{i}] = {labels_host[i]} "
                          f"({int(bad.sum())} out of range)")
 
 

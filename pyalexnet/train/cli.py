@@ -168,6 +168,9 @@ def build_parser():
                         "else numpy, or $PYALEXNET_BACKEND (default: auto)")
     g.add_argument("--devices", type=int, choices=(1, 2), default=None,
                    help="GPUs to split the two-tower net over, as in the paper (default: 1)")
+    g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture each training step once as CUDA graphs and replay them (on "
+                        "emu: recorded launches, replayed; not on numpy) (default: off)")
 
     g = ap.add_argument_group("run control and output")
     g.add_argument("--out", metavar="DIR", default=None,
@@ -248,6 +251,10 @@ def main(argv=None, stream=None):
     out.mkdir(parents=True, exist_ok=True)
     if not args.out and resumed is None:
         _link_latest(out)
+    if opts["cuda_graph"] and opts["backend"] == "numpy":
+        print("error: --cuda-graph needs a kernel backend (--backend cuda or emu), not numpy",
+              file=sys.stderr)
+        return 2
     session = open_session(opts, resume=resumed)
     if resumed is not None and args.lr is not None:
         session.state.lr = float(args.lr)  # an explicit --lr replaces the checkpoint's rate

@@ -24,6 +24,7 @@ import numpy as np
 from .. import checkpoint as ckpt
 from ..data import describe_source
 from ..evaluate import evaluate, format_result
+from ..graphs import GraphedStep
 from ..ops.softmax import count_errors, prepare_labels, topk_ranks
 from ..progress import Progress, format_duration
 from ..rng import step_seed
@@ -85,6 +86,7 @@ class Trainer:
         self.last_saved_step = self.state.step if session.resumed else None
         self._in_update = False
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self._graphs = {}  # input shape -> GraphedStep, with --cuda-graph
 
     # ---- checkpoints -------------------------------------------------------------------
     def save(self, elapsed):
@@ -117,6 +119,8 @@ class Trainer:
         """One step on fixed buffers; the host waits once, for the loss, before the update
         (a NaN loss never reaches the weights)."""
         be, st, o = self.s.backend, self.state, self.opts
+        if o.get("cuda_graph"):
+            return self._graph_step(x, labels)
         with self.net.repeated_step(tuple(x.shape)):
             lab = prepare_labels(be, labels)
             loss, logits = self.net.train_step_grads(x, lab, seed=step_seed(o["seed"], st.step),
@@ -130,6 +134,22 @@ class Trainer:
             self.net.sgd_step(st.lr, momentum=float(o["momentum"]),
                               weight_decay=float(o["weight_decay"]))
         e1, e5 = count_errors(be.to_numpy(ranks), ks=(1, min(5, self.num_classes)))
+        return loss, int(e1), int(e5)
+
+    def _graph_step(self, x, labels):
+        """The same step as captured graphs (pyalexnet.graphs)."""
+        st, o = self.state, self.opts
+        graph = self._graphs.get(x.shape)
+        if graph is None:
+            graph = self._graphs[x.shape] = GraphedStep(self.net, x.shape)
+        self._in_update = True
+        loss, ranks = graph.run(x, labels, step_seed(o["seed"], st.step), st.lr,
+                                float(o["momentum"]), float(o["weight_decay"]))
+        if not math.isfinite(loss):  # the update was not replayed
+            self._in_update = False
+            raise TrainingDiverged(f"the loss is {loss} at step {st.step + 1} (epoch "
+                                   f"{st.epoch + 1}, batch {st.batch + 1}, lr {st.lr:g})")
+        e1, e5 = count_errors(ranks, ks=(1, min(5, self.num_classes)))
         return loss, int(e1), int(e5)
 
     def _evaluate(self, ten_crop=False):

@@ -34,6 +34,7 @@ DEFAULTS = {
     "ten_crop": False,
     "log_every": 50,
     "max_steps": None,
+    "cuda_graph": False,
 }
 # Options that shape the loss trajectory: a resumed run keeps the checkpoint's values
 # unless the command line says otherwise (--out, --resume and --max-steps are not carried).
