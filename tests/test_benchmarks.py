@@ -35,3 +35,15 @@ def test_alexnet_benchmark_small_on_numpy(tmp_path):
     assert result["steps"] == 12 and result["last_loss"] < result["first_loss"]
     assert result["images_per_second"] > 0
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_distributed_benchmark_measures_one_and_two_ranks():
+    import pytest
+
+    pytest.importorskip("torch", reason="the distributed extra (pip install torch) is not "
+                                        "installed")
+    stdout = run("bench_distributed.py", "--batch", "8", "--steps", "2", "--warmup", "1")
+    assert "| 1 | 8 |" in stdout and "| 2 | 8 |" in stdout
+    # the ring model: 2(N-1)/N x 244 MB over 50 GB/s = 8.5 ms at 8 GPUs
+    assert "| 8 | InfiniBand NDR (50 GB/s) | 8.5 ms |" in stdout
+    assert "61 M parameters = 244 MB FP32 per step" in stdout
