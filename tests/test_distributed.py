@@ -1,5 +1,6 @@
 """Data parallel over processes (torchrun, gloo, numpy backend): N ranks at global batch B
-reach the weights of one process at batch B, to float32 reduction-order tolerance; a dying
+reach the weights of one process at batch B, to float32 reduction-order tolerance (plain,
+two towers per rank, and the one weird trick: fc layers split over the ranks); a dying
 rank stops the others with a message naming it; restarts and other rank counts resume."""
 import os
 import socket
@@ -26,8 +27,8 @@ def data_root(tmp_path_factory):
                                   train_per_class=8, val_per_class=1, image_size=40, seed=3)
 
 
-def _args(config, root, out, steps, devices=1):
-    return ["--config", config, "--data", str(root), "--out", str(out), "--backend", "numpy",
+def _args(config, root, out, steps, devices=1, parallel="dp"):
+    return ["--parallel", parallel, "--config", config, "--data", str(root), "--out", str(out), "--backend", "numpy",
             "--devices", str(devices), "--batch-size", str(BATCH), "--max-steps", str(steps),
             "--limit-val", "10", "--log-every", "1", "--seed", "3", "--lr", "0.02"]
 
@@ -68,12 +69,13 @@ def assert_same_weights(a, b):
             assert_matches_reference(pa[k], pb[k], reduction=BATCH, what=f"{part} {k}")
 
 
-@pytest.mark.parametrize("config,devices", [("cifar-small", 1), ("cifar-towers", 2)],
-                         ids=["data-parallel", "hybrid-two-towers"])
-def test_two_ranks_equal_one_process(config, devices, data_root, tmp_path, capsys):
+@pytest.mark.parametrize("config,devices,parallel", [
+    ("cifar-small", 1, "dp"), ("cifar-towers", 2, "dp"), ("cifar-towers", 1, "owt")],
+    ids=["data-parallel", "hybrid-two-towers", "one-weird-trick"])
+def test_two_ranks_equal_one_process(config, devices, parallel, data_root, tmp_path, capsys):
     one_process(_args(config, data_root, tmp_path / "one", 4, devices))
     capsys.readouterr()
-    rc, out, _ = torchrun(_args(config, data_root, tmp_path / "two", 4, devices))
+    rc, out, _ = torchrun(_args(config, data_root, tmp_path / "two", 4, devices, parallel))
     assert rc == 0, out
     assert_same_weights(tmp_path / "one", tmp_path / "two")
     # rank 0 alone prints: one banner, one line per step
@@ -114,6 +116,8 @@ def test_max_restarts_resumes_from_the_last_checkpoint(data_root, tmp_path, caps
     (["--batch-size", "15"], {"WORLD_SIZE": "2"},
      "--batch-size 15 is the global batch and must be divisible by the 2 ranks"),
     ([], {"WORLD_SIZE": "2"}, "2 ranks (torchrun) need --out DIR"),
+    (["--parallel", "owt", "--config", "cifar-towers", "--devices", "2"], {"WORLD_SIZE": "2"},
+     "--parallel owt runs one device per rank: use --devices 1"),
 ])
 def test_bad_distributed_input_is_one_line_exit_2(argv, env, message, monkeypatch, capsys,
                                                    tmp_path, data_root):

@@ -39,7 +39,6 @@ class DataParallelEngine(Engine):
         self.comm_wait = 0.0   # seconds backward spent waiting for all-reduces (total)
         self.global_n = None   # the global batch of the last train_step
         self._buckets = None
-        self._pending = []
 
     # ---- state and layout: the inner engine's -------------------------------------------
     params = property(lambda self: self.inner.params,
@@ -79,8 +78,46 @@ class DataParallelEngine(Engine):
         return loss, logits
 
     def backward(self, dlogits):
-        plan = self._plan()
-        waiting = [set(b["names"]) for b in plan]
+        self._reducer.run(lambda: self.inner.backward(dlogits), self.inner)
+        self.comm_wait = self._reducer.wait_s
+
+    @property
+    def _reducer(self):
+        if self._buckets is None:
+            layers = [s.layer.name for s in self.inner.steps]
+            self._buckets = GradientBuckets(self.world, self, sorted(
+                self.params, key=lambda n: (-layers.index(n.split(".")[0]), n)),
+                self.bucket_bytes)
+        return self._buckets
+
+
+class GradientBuckets:
+    """Sums gradients over the ranks in buckets, each started as soon as backward has
+    finished all of its gradients (reported through an engine's ``on_grads``).
+
+    ``names``: the parameters, in the order backward finishes them; ``engine`` holds
+    ``grads`` and says where each lives (``device_of``). Buckets are per device, of about
+    ``bucket_bytes`` each.
+    """
+
+    def __init__(self, world, engine, names, bucket_bytes=BUCKET_BYTES):
+        self.world, self.engine = world, engine
+        self.wait_s = 0.0  # seconds spent waiting for the sums (total)
+        self.buckets, open_ = [], {}
+        for name in names:
+            dev = engine.device_of(name)
+            b = open_.get(dev.index)
+            if b is None or b["bytes"] >= bucket_bytes:
+                b = open_[dev.index] = {"device": dev, "names": [], "bytes": 0}
+                self.buckets.append(b)
+            b["names"].append(name)
+            b["bytes"] += 4 * int(np.prod(engine.params[name].shape))
+        self._pending = []
+
+    def run(self, backward, reporter):
+        """Run ``backward()`` with ``reporter.on_grads`` starting the buckets; then wait for
+        every sum and write it back into the engine's gradients."""
+        waiting = [set(b["names"]) for b in self.buckets]
         self._pending = []
 
         def done(names):
@@ -88,42 +125,24 @@ class DataParallelEngine(Engine):
                 if w and w.intersection(names):
                     w.difference_update(names)
                     if not w:
-                        self._start(plan[i])
+                        self._start(self.buckets[i])
 
-        self.inner.on_grads = done
+        reporter.on_grads = done
         try:
-            self.inner.backward(dlogits)
+            backward()
         finally:
-            self.inner.on_grads = None
+            reporter.on_grads = None
         for i, w in enumerate(waiting):  # buckets of parameters backward did not touch
             if w:
-                self._start(plan[i])
+                self._start(self.buckets[i])
         self._finish()
-
-    # ---- buckets --------------------------------------------------------------------------
-    def _plan(self):
-        """Buckets: per device, parameters in reverse layer order, about bucket_bytes each."""
-        if self._buckets is None:
-            layers = [s.layer.name for s in self.inner.steps]
-            names = sorted(self.params, key=lambda n: (-layers.index(n.split(".")[0]), n))
-            buckets, open_ = [], {}
-            for name in names:
-                dev = self.device_of(name)
-                b = open_.get(dev.index)
-                if b is None or b["bytes"] >= self.bucket_bytes:
-                    b = open_[dev.index] = {"device": dev, "names": [], "bytes": 0}
-                    buckets.append(b)
-                b["names"].append(name)
-                b["bytes"] += 4 * int(np.prod(self.params[name].shape))
-            self._buckets = buckets
-        return self._buckets
 
     def _start(self, bucket):
         """Flatten a bucket's gradients and start their async sum over the ranks."""
-        dev = bucket["device"]
+        dev, grads = bucket["device"], self.engine.grads
         with dev.activate():
             xp = dev.backend.xp
-            flat = xp.concatenate([xp.ravel(self.grads[n]) for n in bucket["names"]])
+            flat = xp.concatenate([xp.ravel(grads[n]) for n in bucket["names"]])
             if dev.backend.name == "cuda":
                 dev.synchronize()  # NCCL runs on torch's stream, not ours
             tensor = _as_tensor(flat)
@@ -132,6 +151,7 @@ class DataParallelEngine(Engine):
 
     def _finish(self):
         t0 = time.perf_counter()
+        grads = self.engine.grads
         for bucket, flat, tensor, work in self._pending:
             self.world.guard(work.wait)
             dev = bucket["device"]
@@ -141,11 +161,11 @@ class DataParallelEngine(Engine):
                     torch.cuda.current_stream().synchronize()
                 i = 0
                 for n in bucket["names"]:
-                    g = self.grads[n]
+                    g = grads[n]
                     g[...] = flat[i:i + g.size].reshape(g.shape)
                     i += g.size
         self._pending = []
-        self.comm_wait += time.perf_counter() - t0
+        self.wait_s += time.perf_counter() - t0
 
 
 def _as_tensor(a):

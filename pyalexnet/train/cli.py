@@ -173,6 +173,11 @@ def build_parser():
                         "else numpy, or $PYALEXNET_BACKEND (default: auto)")
     g.add_argument("--devices", type=int, choices=(1, 2), default=None,
                    help="GPUs to split the two-tower net over, as in the paper (default: 1)")
+    g.add_argument("--parallel", choices=("dp", "owt"), default=None,
+                   help="under torchrun with several ranks: dp = data parallel (each rank the "
+                        "whole net, or both towers with --devices 2); owt = the 'one weird "
+                        "trick': conv layers data parallel, fc layers split over the ranks "
+                        "(one device per rank) (default: dp)")
 
     g = ap.add_argument_group("run control and output")
     g.add_argument("--out", metavar="DIR", default=None,
@@ -231,6 +236,9 @@ def _distributed_checks(args, opts):
     if not args.out:
         return (f"{ranks} ranks (torchrun) need --out DIR: every rank and every restart must "
                 "agree on the run directory")
+    if opts["parallel"] == "owt" and int(opts["devices"]) != 1:
+        return ("--parallel owt runs one device per rank: use --devices 1, or --parallel dp "
+                "for two towers per rank (--devices 2)")
     if int(opts["batch_size"]) % ranks:
         return (f"--batch-size {opts['batch_size']} is the global batch and must be divisible "
                 f"by the {ranks} ranks (WORLD_SIZE); e.g. {ranks * max(1, int(opts['batch_size']) // ranks)}")

@@ -339,14 +339,15 @@ class Trainer:
         return results
 
     def _draw_pictures(self):
-        if not self.main:
-            return []
         name = self.first_conv_name()
         try:
+            # on every rank: with fc layers split over the ranks, state_dict is a collective
+            filters = None if name is None else self.net.state_dict()[name]
+            if not self.main:
+                return []
             self.metrics.flush()
             return draw_pictures(self.out, self.metrics.path,
-                                 f"{self.opts['config']} - {self.out.name}",
-                                 None if name is None else self.net.state_dict()[name],
+                                 f"{self.opts['config']} - {self.out.name}", filters,
                                  towers=self.net.config.towers)
         except Exception as e:  # pictures must never lose a finished run
             self.progress.print(f"warning: could not draw the pictures: {type(e).__name__}: {e}")

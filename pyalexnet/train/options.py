@@ -11,6 +11,7 @@ DEFAULTS = {
     "config": "cifar-small",
     "backend": "auto",
     "devices": 1,
+    "parallel": "dp",    # under torchrun: data parallel, or "owt" (the one weird trick)
     "epochs": 90,
     "batch_size": 128,
     "lr": 0.01,
@@ -37,7 +38,7 @@ DEFAULTS = {
 }
 # Options that shape the loss trajectory: a resumed run keeps the checkpoint's values
 # unless the command line says otherwise (--out, --resume and --max-steps are not carried).
-CARRIED = ("config", "source", "backend", "devices", "epochs", "batch_size", "lr", "momentum",
+CARRIED = ("config", "source", "backend", "devices", "parallel", "epochs", "batch_size", "lr", "momentum",
            "weight_decay", "schedule", "lr_steps", "plateau_patience", "max_lr_drops", "lr_decay",
            "bias_init", "dropout_mode", "crop", "resize", "pca_noise", "flip", "workers", "seed",
            "eval_every", "limit_train", "limit_val", "ten_crop", "log_every")
