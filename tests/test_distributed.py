@@ -28,9 +28,10 @@ def data_root(tmp_path_factory):
 
 
 def _args(config, root, out, steps, devices=1, parallel="dp"):
-    return ["--parallel", parallel, "--config", config, "--data", str(root), "--out", str(out), "--backend", "numpy",
-            "--devices", str(devices), "--batch-size", str(BATCH), "--max-steps", str(steps),
-            "--limit-val", "10", "--log-every", "1", "--seed", "3", "--lr", "0.02"]
+    return ["--config", config, "--data", str(root), "--out", str(out), "--backend", "numpy",
+            "--devices", str(devices), "--parallel", parallel, "--batch-size", str(BATCH),
+            "--max-steps", str(steps), "--limit-val", "10", "--log-every", "1", "--seed", "3",
+            "--lr", "0.02"]
 
 
 def _free_port():

@@ -239,9 +239,10 @@ def _distributed_checks(args, opts):
     if opts["parallel"] == "owt" and int(opts["devices"]) != 1:
         return ("--parallel owt runs one device per rank: use --devices 1, or --parallel dp "
                 "for two towers per rank (--devices 2)")
-    if int(opts["batch_size"]) % ranks:
-        return (f"--batch-size {opts['batch_size']} is the global batch and must be divisible "
-                f"by the {ranks} ranks (WORLD_SIZE); e.g. {ranks * max(1, int(opts['batch_size']) // ranks)}")
+    batch = int(opts["batch_size"])
+    if batch % ranks:
+        return (f"--batch-size {batch} is the global batch and must be divisible by the "
+                f"{ranks} ranks (WORLD_SIZE); e.g. {ranks * max(1, batch // ranks)}")
     return None
 
 
