@@ -40,15 +40,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _launch(launcher, args, env=None):
+    """torchrun with ``launcher`` options running the training CLI (a Popen)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "pyalexnet.train",
+           *args]
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYALEXNET_DIST_TIMEOUT": "30", **(env or {})}
+    return subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
 def torchrun(args, ranks=2, env=None, restarts=0, timeout=120):
     """Run the training CLI under torchrun on this machine: (return code, output, seconds)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "--max-restarts", str(restarts), "-m", "pyalexnet.train", *args]
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYALEXNET_DIST_TIMEOUT": "30", **(env or {})}
     t0 = time.monotonic()
-    p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
-    return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
+    p = _launch(["--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1", "--master-port",
+                 str(_free_port()), "--max-restarts", str(restarts)], args, env)
+    out, _ = p.communicate(timeout=timeout)
+    return p.returncode, out, time.monotonic() - t0
 
 
 def one_process(args):
@@ -81,6 +88,19 @@ def test_two_ranks_equal_one_process(config, devices, parallel, data_root, tmp_p
     assert_same_weights(tmp_path / "one", tmp_path / "two")
     # rank 0 alone prints: one banner, one line per step
     assert out.count("pyalexnet.train: ") == 1 and out.count("(step 4)") == 1, out
+
+
+def test_two_nodes_equal_one_process(data_root, tmp_path, capsys):
+    # two torchrun agents ("machines") of one rank each, meeting through a c10d rendezvous
+    one_process(_args("cifar-small", data_root, tmp_path / "one", 3))
+    capsys.readouterr()
+    rdzv = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test"]
+    nodes = [_launch(rdzv, _args("cifar-small", data_root, tmp_path / "two", 3))
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
 
 
 def test_resume_with_another_number_of_ranks(data_root, tmp_path, capsys):
