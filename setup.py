@@ -103,6 +103,9 @@ setup(
         "cuda13": ["cupy-cuda13x>=13"],
         "cuda12": ["cupy-cuda12x>=13"],
         "test": ["pytest>=7"],
+        # torch.distributed moves the gradients between processes (torchrun). Install the
+        # CPU build first (pip install torch==2.13.0) where a CUDA build must not be pulled.
+        "distributed": ["torch>=2.4,<3"],
     },
     ext_modules=[emu],
     cmdclass={"build_ext": build_ext, "build_py": BuildPyWithKernels},

@@ -5,6 +5,9 @@
 //   words = Philox4x32-10(counter = (g low 32, g high 32, 0, 0),
 //                         key = (seed low 32, seed high 32));
 //   u = (words[i % 4] >> 8) / 2^24, i.e. pa_uniform24;  keep iff u >= p.
+// With an element offset o, element i of the array uses index o + i in this rule, so a
+// batch split over ranks (o = the rank's first sample x features) draws the whole batch's
+// mask; o = 0 is the rule above.
 // The host passes the comparison as the integer threshold ceil(p * 2^24), so
 // "keep iff (word >> 8) >= threshold" is exact on every backend (no float rounding or
 // flush-to-zero can move it). Keep probability = 1 - threshold / 2^24 (1 - p to 2^-24).
@@ -21,12 +24,15 @@
 // odd offset is not) and the group is whole; the scalar path handles the tail and the rest.
 extern "C" __global__ void __launch_bounds__(256)
 dropout_apply(const float* __restrict__ in, float* __restrict__ out, long long n,
-              unsigned threshold, float scale, unsigned key0, unsigned key1) {
+              unsigned threshold, float scale, unsigned key0, unsigned key1, long long offset) {
   const bool vec = ((reinterpret_cast<unsigned long long>(in) |
-                     reinterpret_cast<unsigned long long>(out)) & 15ull) == 0;
-  const long long groups = (n + 3) >> 2;
-  PA_GRID_STRIDE(g, groups) {
-    unsigned keep = 0xfu;  // bit j: element 4g + j is kept
+                     reinterpret_cast<unsigned long long>(out)) & 15ull) == 0 &&
+                   (offset & 3ll) == 0;
+  // Philox groups covering counter indices offset .. offset + n - 1
+  const long long first = offset >> 2, groups = ((offset + n + 3) >> 2) - first;
+  PA_GRID_STRIDE(t, groups) {
+    const long long g = first + t;
+    unsigned keep = 0xfu;  // bit j: counter index 4g + j is kept
     if (threshold != 0u) {  // uniform across the grid: no divergence
       pa_philox_out r = pa_philox4x32_10((unsigned)g, (unsigned)((unsigned long long)g >> 32),
                                          0u, 0u, key0, key1);
@@ -34,20 +40,20 @@ dropout_apply(const float* __restrict__ in, float* __restrict__ out, long long n
 #pragma unroll
       for (int j = 0; j < 4; ++j) keep |= (unsigned)((r.v[j] >> 8) >= threshold) << j;
     }
-    const long long i = g << 2;
+    const long long i = (g << 2) - offset;  // array index of counter index 4g (may be < 0)
     // A select, not a multiply by 0: a dropped unit contributes exactly 0 even if it held
     // inf or NaN (what the reference does too).
     if (vec && i + 4 <= n) {
-      float4 v = reinterpret_cast<const float4*>(in)[g];
+      float4 v = reinterpret_cast<const float4*>(in)[i >> 2];
       v.x = (keep & 1u) ? v.x * scale : 0.0f;
       v.y = (keep & 2u) ? v.y * scale : 0.0f;
       v.z = (keep & 4u) ? v.z * scale : 0.0f;
       v.w = (keep & 8u) ? v.w * scale : 0.0f;
-      reinterpret_cast<float4*>(out)[g] = v;
+      reinterpret_cast<float4*>(out)[i >> 2] = v;
     } else {
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        if (i + j < n) out[i + j] = ((keep >> j) & 1u) ? in[i + j] * scale : 0.0f;
+        if (i + j >= 0 && i + j < n) out[i + j] = ((keep >> j) & 1u) ? in[i + j] * scale : 0.0f;
     }
   }
 }

@@ -33,17 +33,21 @@ class Net:
     initialisation seed; ``bias_init`` "paper", "caffe" or a number (default: the config's
     ``[init] bias``); ``dropout_mode`` "inverted" or "classic" (the paper: scale by 1-p at
     test time); ``num_classes`` overrides the config's; ``lrn_alpha_over_n`` overrides the
-    LRN layers' ``alpha_over_n`` (default: the config's, false = the paper's formula).
+    LRN layers' ``alpha_over_n`` (default: the config's, false = the paper's formula);
+    ``world`` a pyalexnet.distributed.World: over its ranks, ``parallel`` "dp" (data
+    parallel) or "owt" (conv layers data parallel, fc layers model parallel).
     """
 
     def __init__(self, config, backend=None, devices=1, seed=0, bias_init=None,
-                 dropout_mode="inverted", num_classes=None, lrn_alpha_over_n=None):
+                 dropout_mode="inverted", num_classes=None, lrn_alpha_over_n=None, world=None,
+                 parallel="dp"):
         self.config = load_config(config, num_classes)
         if dropout_mode not in DROPOUT_MODES:
             raise ValueError(f"dropout_mode must be one of {DROPOUT_MODES}, got {dropout_mode!r}")
         self.dropout_mode = dropout_mode
         self.lrn_alpha_over_n = lrn_alpha_over_n
-        self.engine = make_engine(self.config, backend, devices, dropout_mode, lrn_alpha_over_n)
+        self.engine = make_engine(self.config, backend, devices, dropout_mode, lrn_alpha_over_n,
+                                  world, parallel)
         self.devices = devices
         self.backend = self.engine.devices[0].backend
         bias_init = self.config.init.bias if bias_init is None else bias_init
@@ -143,7 +147,7 @@ def _seed(seed):
     return int(seed) if isinstance(seed, (int, np.integer)) else seed
 
 
-def net_from_options(options: dict, backend, num_classes=None, devices=None) -> Net:
+def net_from_options(options: dict, backend, num_classes=None, devices=None, world=None) -> Net:
     """A Net made from a run's resolved options (those a checkpoint stores): the config,
     with the input size of --crop/--resize, and the initialisation and dropout choices."""
     config = load_config(options["config"]).with_input(options.get("crop"),
@@ -151,4 +155,5 @@ def net_from_options(options: dict, backend, num_classes=None, devices=None) -> 
     return Net(config, backend=backend, devices=int(devices or options.get("devices", 1)),
                seed=int(options.get("seed", 0)), bias_init=options.get("bias_init", "paper"),
                dropout_mode=options.get("dropout_mode", "inverted"),
-               num_classes=num_classes or options.get("num_classes"))
+               num_classes=num_classes or options.get("num_classes"), world=world,
+               parallel=options.get("parallel", "dp"))

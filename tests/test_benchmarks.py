@@ -55,3 +55,15 @@ def test_alexnet_benchmark_two_towers_equal_work_with_pytorch(tmp_path):
     check = json.loads(out.read_text())["equal_work_check"]
     assert check["worst_over_tolerance"] <= 1 and "conv3.w" in check and "fc5.w" in check
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_distributed_benchmark_measures_one_and_two_ranks():
+    import pytest
+
+    pytest.importorskip("torch", reason="the distributed extra (pip install torch) is not "
+                                        "installed")
+    stdout = run("bench_distributed.py", "--batch", "8", "--steps", "2", "--warmup", "1")
+    assert "| 1 | 8 |" in stdout and "| 2 | 8 |" in stdout
+    # the ring model: 2(N-1)/N x 244 MB over 50 GB/s = 8.5 ms at 8 GPUs
+    assert "| 8 | InfiniBand NDR (50 GB/s) | 8.5 ms |" in stdout
+    assert "61 M parameters = 244 MB FP32 per step" in stdout

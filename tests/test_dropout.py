@@ -190,3 +190,43 @@ def test_reference_gradient(rng, mode):
     numeric = numeric_gradient(f, x, dy)
     assert_gradient_close(dropout_backward_reference(dy, 0.4, 99, mode), numeric,
                           what=f"dropout dx ({mode})")
+
+
+@pytest.mark.parametrize("split", [0, 1, 3, 4, 6, 13])
+def test_offset_slice_draws_the_whole_arrays_mask(backend, rng, split):
+    # A rank holding elements split.. of a batch draws exactly that part of the one-process
+    # mask, whatever the split's alignment to Philox's groups of four (vector and tail paths).
+    n, p, seed = 45, 0.4, 99
+    x = rng.standard_normal(n).astype(np.float32) + 10
+    whole = dropout_forward_reference(x, p, seed)
+    for lo, hi in ((0, split), (split, n)):
+        part = backend.asarray(np.ascontiguousarray(x[lo:hi]))
+        y = backend.to_numpy(dropout_forward(backend, part, p, seed, offset=lo))
+        np.testing.assert_array_equal(y, whole[lo:hi])
+        dx = backend.to_numpy(dropout_backward(backend, part, p, seed, offset=lo))
+        np.testing.assert_array_equal(dx, whole[lo:hi])
+
+
+def test_offset_zero_is_the_plain_rule_and_bad_offsets_are_refused():
+    np.testing.assert_array_equal(dropout_mask_reference(10, 0.5, 3, offset=0),
+                                  dropout_mask_reference(10, 0.5, 3))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="offset"):
+            dropout_mask_reference(10, 0.5, 3, offset=bad)
+
+
+def test_dropout_layer_follows_the_sample_not_the_split():
+    # The layer's per-tower masks with a pass starting at sample s equal rows s.. of the
+    # whole batch's masks (what data-parallel ranks rely on).
+    from pyalexnet.backends import get_backend
+    from pyalexnet.layers import Pass
+    from pyalexnet.layers.dropout import Dropout
+
+    be = get_backend("numpy")
+    layer = Dropout(name="drop", index=3, in_shape=(12,), out_shape=(12,), p=0.5)
+    x = np.random.default_rng(1).standard_normal((6, 12)).astype(np.float32) + 5
+    whole, _ = layer.forward(be, x, {}, Pass(seed=8, towers=(0, 1)))
+    for lo, hi in ((0, 2), (2, 6)):
+        part, _ = layer.forward(be, x[lo:hi].copy(), {}, Pass(seed=8, towers=(0, 1),
+                                                              sample_offset=lo))
+        np.testing.assert_array_equal(part, whole[lo:hi])

@@ -228,6 +228,9 @@ class Loader:
         batch_size x 3 x crop x crop floats (x10 with ten_crop).
     limit: use only this many samples per epoch, a fixed random subset (quick runs).
     drop_last: leave out the last, short, batch.
+    shard: (rank, ranks) to yield only rank's contiguous share of every batch (data
+        parallel: the ranks' shards of a batch are the one-process batch, in rank order);
+        ``batch_size`` stays the global batch.
 
     Unreadable files are skipped (the batch comes out smaller; a batch with none left is
     not yielded), reported once each on the "pyalexnet.data" logger, listed in
@@ -240,7 +243,7 @@ class Loader:
 
     def __init__(self, dataset, batch_size, train, crop=227, resize=256, mean=None, pca_noise=0.1,
                  flip=True, ten_crop=False, workers=2, prefetch=4, seed=0, drop_last=False,
-                 limit=None, start_method="spawn"):
+                 limit=None, start_method="spawn", shard=None):
         if not all(hasattr(dataset, a) for a in ("__len__", "load", "describe")):
             raise TypeError(f"dataset must be an ImageFolder or ArrayDataset, got "
                             f"{type(dataset).__name__} (for a folder, pass ImageFolder(path))")
@@ -278,6 +281,9 @@ class Loader:
         if limit is not None and int(limit) < 1:
             raise ValueError(f"limit must be >= 1 or None, got {limit}")
 
+        if shard is not None and not 0 <= int(shard[0]) < int(shard[1]):
+            raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got {shard}")
+        self.shard = None if shard is None else (int(shard[0]), int(shard[1]))
         self.dataset = dataset
         self.batch_size, self.train, self.drop_last = int(batch_size), bool(train), drop_last
         self.workers, self.prefetch, self.seed = int(workers), int(prefetch), int(seed)
@@ -331,7 +337,11 @@ class Loader:
         if self.train:
             order = order[np.random.default_rng([self.seed, _SHUFFLE, epoch]).permutation(len(order))]
         b = self.batch_size
-        return [order[i:i + b] for i in range(0, len(self) * b, b)]
+        batches = [order[i:i + b] for i in range(0, len(self) * b, b)]
+        if self.shard is not None:
+            r, k = self.shard
+            batches = [a[r * len(a) // k:(r + 1) * len(a) // k] for a in batches]
+        return batches
 
     def _inline(self, batches, epoch):
         for indices in batches:

@@ -58,10 +58,10 @@ def open_split(source, split):
 
 
 def make_loader(dataset, *, batch_size, train, crop, resize, mean, seed=0, workers=0,
-                ten_crop=False, limit=None, pca_noise=0.0, flip=True):
+                ten_crop=False, limit=None, pca_noise=0.0, flip=True, shard=None):
     """A `Loader` with the options training and evaluation use (no augmentation unless
     ``train``)."""
     return Loader(dataset, batch_size=batch_size, train=train, crop=crop, resize=resize,
                   mean=mean, pca_noise=pca_noise if train else 0.0,
                   flip=flip if train else False, ten_crop=ten_crop and not train,
-                  workers=workers, seed=seed, drop_last=train, limit=limit)
+                  workers=workers, seed=seed, drop_last=train, limit=limit, shard=shard)

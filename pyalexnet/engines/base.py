@@ -27,6 +27,11 @@ class Engine:
         self.dropout_mode, self.alpha_over_n = dropout_mode, alpha_over_n
         self.params, self.grads, self.velocity = {}, {}, {}
         self._memories = {}  # step memory per input shape
+        # Data parallel: index in the whole batch of this engine's first sample (see
+        # layers.Pass), and a callback given the names of each layer's finished gradients
+        # while backward is still running (engines.data_parallel starts all-reduces there).
+        self.sample_offset = 0
+        self.on_grads = None
 
     # ---- layout (subclasses) ----------------------------------------------------------
     def device_of(self, name):
@@ -50,6 +55,10 @@ class Engine:
     def backward(self, dlogits):
         """Fill ``grads`` from d(loss)/d(logits) of the preceding forward(train=True)."""
         raise NotImplementedError
+
+    def _grads_done(self, names):
+        if self.on_grads is not None and names:
+            self.on_grads(names)
 
     def _take_caches(self):
         if self._caches is None:

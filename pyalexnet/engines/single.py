@@ -34,7 +34,8 @@ class SingleDeviceEngine(Engine):
 
     def _pass(self, train, seed):
         return Pass(train=train, seed=seed, towers=tuple(range(self.config.towers)),
-                    dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n)
+                    dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n,
+                    sample_offset=self.sample_offset)
 
     def forward(self, x, train, seed):
         be, ctx = self.backend, self._pass(train, seed)
@@ -58,3 +59,4 @@ class SingleDeviceEngine(Engine):
             caches[i] = None  # free activations as soon as they are used
             for k, g in grads.items():
                 self.grads[f"{layer.name}.{k}"] = g
+            self._grads_done([f"{layer.name}.{k}" for k in grads])

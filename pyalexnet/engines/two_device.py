@@ -117,7 +117,8 @@ class TwoDeviceEngine(Engine):
     def _pass(self, kind, t, train, seed):
         """Tower t runs a 'whole' layer as written, a tower-local one with groups / towers."""
         return Pass(train=train, seed=seed, towers=(t,), split=1 if kind == "whole" else
-                    self.towers, dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n)
+                    self.towers, dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n,
+                    sample_offset=self.sample_offset)
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x, train, seed):
@@ -206,7 +207,7 @@ class TwoDeviceEngine(Engine):
             dev.finish()
 
     def _local_backward(self, step, kind, dys, cache, seed, need_dx):
-        out = []
+        out, done = [], []
         for t, dev in enumerate(self.devices):
             tn = TOWER_NAMES[t]
             with dev.activate():
@@ -215,7 +216,9 @@ class TwoDeviceEngine(Engine):
                                           self._pass(kind, t, True, seed), need_dx=need_dx)
             for k, g in grads.items():
                 self.grads[f"{step.layer.name}.{k}@{tn}"] = g
+                done.append(f"{step.layer.name}.{k}@{tn}")
             out.append(dx)
+        self._grads_done(done)
         return out
 
     def _blocks_backward(self, step, dys, cache):
@@ -235,7 +238,7 @@ class TwoDeviceEngine(Engine):
                         part = layer.block_backward_data(dev.backend, dys[t], self._w(layer, t, s),
                                                          seen[t][s])
                         sent[t, s] = self.link.send(part, dev, devs[s])
-        dxs = []
+        dxs, done = [], []
         for t, dev in enumerate(devs):
             be, tn = dev.backend, TOWER_NAMES[t]
             with dev.activate():
@@ -245,7 +248,10 @@ class TwoDeviceEngine(Engine):
                     self.grads[f"{layer.name}.w@{tn}<{TOWER_NAMES[s]}"] = \
                         layer.block_backward_weight(be, seen[t][s], dys[t],
                                                     self._w(layer, t, s).shape)
+                    done.append(f"{layer.name}.w@{tn}<{TOWER_NAMES[s]}")
                 self.grads[f"{layer.name}.b@{tn}"] = bias_backward(be, dys[t])
+                done.append(f"{layer.name}.b@{tn}")
+        self._grads_done(done)
         for s, dev in enumerate(devs):
             with dev.activate():
                 for t in range(T):

@@ -28,7 +28,9 @@ class Pass:
     ``towers``: the tower indices whose activations this device holds ((0, 1) for a
     two-tower net in its grouped single-device form, (t,) for tower t on its own device);
     ``split``: what a tower-local layer's ``groups`` are divided by here (1 on a single
-    device; the tower count when each tower has its own device).
+    device; the tower count when each tower has its own device); ``sample_offset``: the
+    index in the whole batch of this pass's first sample (data parallel: a rank's share
+    starts there), so per-sample randomness (dropout) follows the sample, not the rank.
     """
 
     train: bool = True
@@ -37,6 +39,7 @@ class Pass:
     split: int = 1
     dropout_mode: str = "inverted"
     alpha_over_n: Optional[bool] = None
+    sample_offset: int = 0
 
 
 BASE_FIELDS = ("name", "index", "in_shape", "out_shape")

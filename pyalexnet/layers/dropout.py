@@ -2,6 +2,8 @@
 
 Every tower draws its mask from `dropout_seed(step seed, layer index, tower)`, so a tower on
 its own device draws exactly the mask that the grouped single-device net draws for it.
+Within a tower slice, the Philox counter starts at the pass's first sample (``sample_offset``
+x features), so a rank holding part of a batch draws that part of the whole batch's mask.
 """
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ class Dropout(Layer):
     def forward(self, be, x, params, ctx):
         seeds = self._seeds(ctx)
         parts = [dropout_ops.dropout_forward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode,
-                                             train=ctx.train)
+                                             train=ctx.train, offset=_offset(part, ctx))
                  for part, seed in zip(_pieces(be, x, len(seeds)), seeds)]
         return join_towers(be, parts), tuple(seeds)
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True):
-        parts = [dropout_ops.dropout_backward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode)
+        parts = [dropout_ops.dropout_backward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode,
+                                              offset=_offset(part, ctx))
                  for part, seed in zip(_pieces(be, dy, len(cache)), cache)]
         return join_towers(be, parts), {}
 
@@ -51,3 +54,8 @@ def _pieces(be, x, n):
     if n == 1:
         return [x]
     return [channel_copy(be, x, s.start, s.stop) for s in tower_slices(x.shape[1], n)]
+
+
+def _offset(part, ctx):
+    """Counter index of the slice's first element: samples before it x features."""
+    return ctx.sample_offset * (part.size // part.shape[0]) if part.shape[0] else 0

@@ -6,7 +6,9 @@ counter ``(g & 0xffffffff, g >> 32, 0, 0)`` under key ``(seed & 0xffffffff, seed
 belong to elements ``4g .. 4g+3``; with ``u = (word >> 8) / 2**24`` the element is kept iff
 ``u >= p``, evaluated exactly as ``(word >> 8) >= ceil(p * 2**24)``. So the mask is a pure
 function of (shape size, p, seed): the backward pass regenerates it, and the numpy, emu and
-cuda backends draw the same mask on every run.
+cuda backends draw the same mask on every run. With ``offset`` o, element i uses index o + i
+in this rule: a rank holding samples s.. of a batch passes o = s x (features per sample) and
+draws its part of the whole batch's mask (o = 0 is the rule as stated).
 
 Modes: ``"inverted"`` scales kept units by 1/(1-p) in training and is the identity at test
 time; ``"classic"`` (the paper) keeps units unscaled in training and multiplies by (1-p) at
@@ -79,55 +81,68 @@ def _test_scale(p, mode):
     return 1.0 if mode == "inverted" else 1.0 - p
 
 
-def dropout_mask_reference(shape, p, seed):
-    """The keep mask (True = kept) for an array of ``shape``, as the kernel draws it."""
-    p, (k0, k1) = _check_p(p), _seed_key(seed)
+def _check_offset(offset):
+    if isinstance(offset, (bool, np.bool_)) or not isinstance(offset, (int, np.integer)) \
+            or not 0 <= int(offset) < 2**62:
+        raise ValueError(f"dropout offset must be an integer in [0, 2**62), got {offset!r}")
+    return int(offset)
+
+
+def dropout_mask_reference(shape, p, seed, offset=0):
+    """The keep mask (True = kept) for an array of ``shape`` whose first element has counter
+    index ``offset``, as the kernel draws it."""
+    p, (k0, k1), offset = _check_p(p), _seed_key(seed), _check_offset(offset)
     shape = (shape,) if np.isscalar(shape) else tuple(shape)
     n = int(np.prod(shape, dtype=np.int64))
-    g = np.arange(ceil_div(n, 4), dtype=np.uint64)
+    g = np.arange(offset // 4, ceil_div(offset + n, 4), dtype=np.uint64)
     zero = np.zeros_like(g)
     words = philox4x32_10_reference((g & np.uint64(_U32), g >> np.uint64(32), zero, zero),
                                     (k0, k1))
-    # words[j, g] is element 4g + j: transpose to element order, drop the tail.
-    return ((words.T.reshape(-1)[:n] >> 8) >= _threshold(p)).reshape(shape)
+    # words[j, g] is counter index 4g + j: transpose to index order, keep this array's part.
+    start = offset % 4
+    return ((words.T.reshape(-1)[start:start + n] >> 8) >= _threshold(p)).reshape(shape)
 
 
-def dropout_forward_reference(x, p=0.5, seed=0, mode="inverted", train=True):
+def dropout_forward_reference(x, p=0.5, seed=0, mode="inverted", train=True, offset=0):
     p, mode = _check_p(p), _check_mode(mode)
     if not train:
         return x * x.dtype.type(_test_scale(p, mode))
-    keep = dropout_mask_reference(x.shape, p, seed)
+    keep = dropout_mask_reference(x.shape, p, seed, offset)
     return np.where(keep, x * x.dtype.type(_train_scale(p, mode)), 0).astype(x.dtype)
 
 
-def dropout_backward_reference(dy, p=0.5, seed=0, mode="inverted"):
+def dropout_backward_reference(dy, p=0.5, seed=0, mode="inverted", offset=0):
     """dx = dy * mask * scale (the training-mode map, which is linear in its input)."""
-    return dropout_forward_reference(dy, p, seed, mode, train=True)
+    return dropout_forward_reference(dy, p, seed, mode, train=True, offset=offset)
 
 
-def _apply(be, x, threshold, scale, key):
+def _apply(be, x, threshold, scale, key, offset):
     require_float32("dropout: x", x)
     y = be.empty(x.shape)
-    be.launch(KERNELS, "dropout_apply", elementwise_grid(ceil_div(x.size, 4)), ELEMENTWISE_BLOCK,
+    groups = ceil_div(offset + x.size, 4) - offset // 4
+    be.launch(KERNELS, "dropout_apply", elementwise_grid(groups), ELEMENTWISE_BLOCK,
               [x, y, i64(x.size), np.uint32(threshold), f32(scale), np.uint32(key[0]),
-               np.uint32(key[1])])
+               np.uint32(key[1]), i64(offset)])
     return y
 
 
-def dropout_forward(be, x, p=0.5, seed=0, mode="inverted", train=True):
+def dropout_forward(be, x, p=0.5, seed=0, mode="inverted", train=True, offset=0):
     """Training: y = x * mask * (1/(1-p) if inverted else 1). Test: y = x (inverted) or
-    x * (1-p) (classic). Same seed, same mask, on every backend."""
+    x * (1-p) (classic). Same seed, same mask, on every backend; ``offset``: the counter
+    index of x's first element (see the module doc)."""
     p, mode, key = _check_p(p), _check_mode(mode), _seed_key(seed)
+    offset = _check_offset(offset)
     if not be.runs_kernels:
-        return dropout_forward_reference(x, p, seed, mode, train)
+        return dropout_forward_reference(x, p, seed, mode, train, offset)
     if not train:  # threshold 0 keeps every unit and draws no numbers
-        return _apply(be, x, 0, _test_scale(p, mode), key)
-    return _apply(be, x, _threshold(p), _train_scale(p, mode), key)
+        return _apply(be, x, 0, _test_scale(p, mode), key, offset)
+    return _apply(be, x, _threshold(p), _train_scale(p, mode), key, offset)
 
 
-def dropout_backward(be, dy, p=0.5, seed=0, mode="inverted"):
-    """dx = dy * mask * scale, the mask regenerated from ``seed`` (pass the forward's)."""
-    return dropout_forward(be, dy, p, seed, mode, train=True)
+def dropout_backward(be, dy, p=0.5, seed=0, mode="inverted", offset=0):
+    """dx = dy * mask * scale, the mask regenerated from ``seed`` and ``offset`` (pass the
+    forward's)."""
+    return dropout_forward(be, dy, p, seed, mode, train=True, offset=offset)
 
 
 def philox_words(be, counters, keys):

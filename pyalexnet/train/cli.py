@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 
 from .. import checkpoint as ckpt
+from .. import distributed
+from ..backends import get_backend
 from ..config import load_config
 from .loop import EXIT_INTERRUPTED, Trainer
 from .options import DEFAULTS, parse_lr_steps, resolve_options
@@ -94,7 +96,10 @@ def build_parser():
                "hyper-parameters, seed, limits) default to the checkpoint's values; give them "
                "to override. Outputs in "
                "--out: checkpoint.npz (atomic, every epoch), metrics.jsonl, curves.png, "
-               "filters.png, results.json. Exit status: 0 done, 3 NaN/inf loss, 130 interrupted.")
+               "filters.png, results.json. Under torchrun (several processes, machines): "
+               "data parallel, --batch-size is the global batch, --out is required, rank 0 "
+               "writes the outputs, a restart resumes from --out's checkpoint. Exit status: 0 "
+               "done, 2 bad input, 3 NaN/inf loss, 4 another rank died, 130 interrupted.")
     g = ap.add_argument_group("model and data")
     g.add_argument("--config", metavar="NAME|PATH", default=None,
                    help=f"bundled config name or a .toml path (default: {d['config']}; "
@@ -171,6 +176,11 @@ def build_parser():
     g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture each training step once as CUDA graphs and replay them (on "
                         "emu: recorded launches, replayed; not on numpy) (default: off)")
+    g.add_argument("--parallel", choices=("dp", "owt"), default=None,
+                   help="under torchrun with several ranks: dp = data parallel (each rank the "
+                        "whole net, or both towers with --devices 2); owt = the 'one weird "
+                        "trick': conv layers data parallel, fc layers split over the ranks "
+                        "(one device per rank) (default: dp)")
 
     g = ap.add_argument_group("run control and output")
     g.add_argument("--out", metavar="DIR", default=None,
@@ -220,8 +230,36 @@ def _link_latest(out: Path):
         pass
 
 
+def _distributed_checks(args, opts):
+    """Under torchrun with several ranks: the one-line error for a run that cannot be
+    data parallel, else None."""
+    ranks = distributed.world_size_from_env()
+    if ranks <= 1:
+        return None
+    if not args.out:
+        return (f"{ranks} ranks (torchrun) need --out DIR: every rank and every restart must "
+                "agree on the run directory")
+    if opts["parallel"] == "owt" and int(opts["devices"]) != 1:
+        return ("--parallel owt runs one device per rank: use --devices 1, or --parallel dp "
+                "for two towers per rank (--devices 2)")
+    batch = int(opts["batch_size"])
+    if batch % ranks:
+        return (f"--batch-size {batch} is the global batch and must be divisible by the "
+                f"{ranks} ranks (WORLD_SIZE); e.g. {ranks * max(1, batch // ranks)}")
+    return None
+
+
+def _restart_checkpoint(args):
+    """A torchrun restart (--max-restarts) continues from --out's checkpoint, if any."""
+    if args.resume or not args.out or not int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0):
+        return None
+    path = Path(args.out) / ckpt.FILENAME
+    return str(path) if path.exists() else None
+
+
 def main(argv=None, stream=None):
     args = build_parser().parse_args(argv)
+    args.resume = args.resume or _restart_checkpoint(args)
     resumed = None
     if args.resume:
         try:
@@ -238,6 +276,10 @@ def main(argv=None, stream=None):
         return 2
     args.config = config_name
     opts = resolve_options(vars(args), config, resumed.meta["options"] if resumed else None)
+    problem = _distributed_checks(args, opts)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.out:
         out = Path(args.out)
     elif resumed is not None:
@@ -248,14 +290,28 @@ def main(argv=None, stream=None):
         print(f"error: {out} already holds a checkpoint; continue it with --resume {out} or "
               "choose another --out", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.out and resumed is None:
-        _link_latest(out)
     if opts["cuda_graph"] and opts["backend"] == "numpy":
         print("error: --cuda-graph needs a kernel backend (--backend cuda or emu), not numpy",
               file=sys.stderr)
         return 2
-    session = open_session(opts, resume=resumed)
+    world = distributed.World.from_env(
+        get_backend(None if opts["backend"] == "auto" else opts["backend"]).name)
+    if world is None or world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.out and resumed is None:
+            _link_latest(out)
+    try:
+        return _train(args, opts, out, resumed, world, stream)
+    except distributed.PeerLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return distributed.EXIT_PEER_LOST
+    finally:
+        if world is not None:
+            world.close()
+
+
+def _train(args, opts, out, resumed, world, stream):
+    session = open_session(opts, resume=resumed, world=world)
     if resumed is not None and args.lr is not None:
         session.state.lr = float(args.lr)  # an explicit --lr replaces the checkpoint's rate
     trainer = Trainer(session, out, stream=stream, max_steps=args.max_steps,

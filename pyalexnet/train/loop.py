@@ -9,11 +9,16 @@ for bit the same losses as a run that never stopped (on the numpy and emu backen
 Stopping: Ctrl-C finishes the current step, saves a checkpoint and exits (a second Ctrl-C
 aborts at once). A NaN or infinite loss stops the run with a message naming the step and
 leaves the last good checkpoint untouched (exit status 3).
+
+Data parallel (a session with a World): every rank trains on its share of each batch; the
+printed and logged loss and errors are those of the whole batch; rank 0 alone prints and
+writes the checkpoint, metrics and pictures.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -25,7 +30,7 @@ from .. import checkpoint as ckpt
 from ..data import describe_source
 from ..evaluate import evaluate, format_result
 from ..graphs import GraphedStep
-from ..ops.softmax import count_errors, prepare_labels, topk_ranks
+from ..ops.softmax import count_errors, prepare_labels, topk_errors, topk_ranks
 from ..progress import Progress, format_duration
 from ..rng import step_seed
 from .metrics import Averages, MetricsLog, draw_pictures
@@ -67,14 +72,28 @@ class Interrupts:
         return False
 
 
+class _NoMetrics:
+    """What ranks other than 0 write for metrics: nothing."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def open(self, *args, **kwargs):
+        pass
+
+    log = flush = close = open
+
+
 class Trainer:
     """Runs the epochs of a `Session` and writes its outputs into ``out``."""
 
     def __init__(self, session, out: Path, stream=None, max_steps=None, log_every=50):
         self.s = session
         self.opts, self.net, self.state = session.opts, session.net, session.state
+        self.world = session.world
+        self.main = self.world is None or self.world.is_main
         self.out = Path(out)
-        self.stream = stream or sys.stdout
+        self.stream = (stream or sys.stdout) if self.main else open(os.devnull, "w")
         self.max_steps = max_steps
         self.log_every = int(log_every)
         self.progress = Progress(self.stream, log_every=self.log_every)
@@ -85,7 +104,7 @@ class Trainer:
         self.num_classes = len(session.classes)
         self.last_saved_step = self.state.step if session.resumed else None
         self._in_update = False
-        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.metrics = (MetricsLog if self.main else _NoMetrics)(self.out / "metrics.jsonl")
         self._graphs = {}  # input shape -> GraphedStep, with --cuda-graph
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -100,10 +119,13 @@ class Trainer:
         meta = self.state.meta(
             elapsed, self.schedule.state, options=self.opts, num_classes=self.num_classes,
             classes=self.s.classes, towers=self.net.config.towers,
+            ranks=1 if self.world is None else self.world.size,
             first_conv=self.first_conv_name(),
             rng={"kind": "pure function of (seed, epoch, step/index)",
                  "seed": int(self.opts["seed"]), "dropout_seed_of_step": "splitmix64(seed, step)"})
-        path = ckpt.save(self.out / ckpt.FILENAME, params, velocities, meta)
+        path = self.out / ckpt.FILENAME
+        if self.main:
+            path = ckpt.save(path, params, velocities, meta)
         self.last_saved_step = self.state.step
         return path
 
@@ -119,6 +141,8 @@ class Trainer:
         """One step on fixed buffers; the host waits once, for the loss, before the update
         (a NaN loss never reaches the weights)."""
         be, st, o = self.s.backend, self.state, self.opts
+        if self.world is not None:
+            return self._distributed_step(x, labels)
         if o.get("cuda_graph"):
             return self._graph_step(x, labels)
         with self.net.repeated_step(tuple(x.shape)):
@@ -128,13 +152,17 @@ class Trainer:
             ranks = topk_ranks(be, logits, lab)
             loss = float(be.to_numpy(loss)[0])
             if not math.isfinite(loss):
-                raise TrainingDiverged(f"the loss is {loss} at step {st.step + 1} (epoch "
-                                       f"{st.epoch + 1}, batch {st.batch + 1}, lr {st.lr:g})")
+                raise self._diverged(loss)
             self._in_update = True  # until the step counters match the parameters again
             self.net.sgd_step(st.lr, momentum=float(o["momentum"]),
                               weight_decay=float(o["weight_decay"]))
         e1, e5 = count_errors(be.to_numpy(ranks), ks=(1, min(5, self.num_classes)))
         return loss, int(e1), int(e5)
+
+    def _diverged(self, loss):
+        st = self.state
+        return TrainingDiverged(f"the loss is {loss} at step {st.step + 1} (epoch "
+                                f"{st.epoch + 1}, batch {st.batch + 1}, lr {st.lr:g})")
 
     def _graph_step(self, x, labels):
         """The same step as captured graphs (pyalexnet.graphs)."""
@@ -147,9 +175,27 @@ class Trainer:
                                 float(o["momentum"]), float(o["weight_decay"]))
         if not math.isfinite(loss):  # the update was not replayed
             self._in_update = False
-            raise TrainingDiverged(f"the loss is {loss} at step {st.step + 1} (epoch "
-                                   f"{st.epoch + 1}, batch {st.batch + 1}, lr {st.lr:g})")
+            raise self._diverged(loss)
         e1, e5 = count_errors(ranks, ks=(1, min(5, self.num_classes)))
+        return loss, int(e1), int(e5)
+
+    def _distributed_step(self, x, labels):
+        """One step of this rank's share; loss and errors summed over the ranks."""
+        be, st = self.s.backend, self.state
+        self.world.step_started(st.step)
+        lab = be.asarray(labels, dtype=np.int32)
+        loss, logits = self.net.train_step_grads(x, lab, seed=step_seed(self.opts["seed"],
+                                                                         st.step))
+        loss = float(loss)
+        e1, e5 = topk_errors(be, logits, lab, ks=(1, min(5, self.num_classes)))
+        s = self.world.all_sum([loss * len(labels), e1, e5])  # the whole batch's
+        loss, e1, e5 = float(s[0]) / self.net.engine.global_n, int(s[1]), int(s[2])
+        if not math.isfinite(loss):
+            raise self._diverged(loss)
+        self._in_update = True  # until the step counters match the parameters again
+        o = self.opts
+        self.net.sgd_step(st.lr, momentum=float(o["momentum"]),
+                          weight_decay=float(o["weight_decay"]))
         return loss, int(e1), int(e5)
 
     def _evaluate(self, ten_crop=False):
@@ -249,8 +295,8 @@ class Trainer:
                 wait = time.monotonic() - t0
                 st.data_wait += wait
                 wait_win += wait
-                n = len(labels)
                 loss, e1, e5 = self._train_step(x, labels)  # sets _in_update
+                n = len(labels) if self.world is None else self.net.engine.global_n
                 st.step += 1
                 st.batch += 1
                 st.epoch_sums.add(loss, n, e1, e5)
@@ -325,7 +371,8 @@ class Trainer:
         results["time"] = elapsed()
         results["data_wait"] = st.data_wait
         self.metrics.log(kind="final", **results)
-        (self.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        if self.main:
+            (self.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         pics = self._draw_pictures()
         p.print(f"HELD-OUT TOP-1 ACCURACY: {100 * (1 - centre['top1']):.2f}% "
                 f"({centre['images']} images, centre crop) after {st.step} steps in "
@@ -336,10 +383,13 @@ class Trainer:
     def _draw_pictures(self):
         name = self.first_conv_name()
         try:
+            # on every rank: with fc layers split over the ranks, state_dict is a collective
+            filters = None if name is None else self.net.state_dict()[name]
+            if not self.main:
+                return []
             self.metrics.flush()
             return draw_pictures(self.out, self.metrics.path,
-                                 f"{self.opts['config']} - {self.out.name}",
-                                 None if name is None else self.net.state_dict()[name],
+                                 f"{self.opts['config']} - {self.out.name}", filters,
                                  towers=self.net.config.towers)
         except Exception as e:  # pictures must never lose a finished run
             self.progress.print(f"warning: could not draw the pictures: {type(e).__name__}: {e}")

@@ -11,6 +11,7 @@ DEFAULTS = {
     "config": "cifar-small",
     "backend": "auto",
     "devices": 1,
+    "parallel": "dp",    # under torchrun: data parallel, or "owt" (the one weird trick)
     "epochs": 90,
     "batch_size": 128,
     "lr": 0.01,
@@ -41,7 +42,7 @@ DEFAULTS = {
 CARRIED = ("config", "source", "backend", "devices", "epochs", "batch_size", "lr", "momentum",
            "weight_decay", "schedule", "lr_steps", "plateau_patience", "max_lr_drops", "lr_decay",
            "bias_init", "dropout_mode", "crop", "resize", "pca_noise", "flip", "workers", "seed",
-           "eval_every", "limit_train", "limit_val", "ten_crop", "log_every")
+           "eval_every", "limit_train", "limit_val", "ten_crop", "log_every", "parallel")
 
 # Where each option's default lives in a Config: (section, field).
 CONFIG_FIELDS = {

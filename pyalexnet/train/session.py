@@ -15,8 +15,10 @@ from .state import TrainState
 class Loaders:
     """The run's loaders, made once each (worker processes are kept between epochs)."""
 
-    def __init__(self, opts, train_set, val_set, mean):
+    def __init__(self, opts, train_set, val_set, mean, world=None):
         self.opts, self.train_set, self.val_set, self.mean = opts, train_set, val_set, mean
+        # data parallel: each rank reads its share of every training batch
+        self.shard = None if world is None else (world.rank, world.size)
         self._made = {}
 
     def get(self, train, ten_crop=False):
@@ -28,7 +30,8 @@ class Loaders:
                 train=train, crop=o["crop"], resize=o["resize"], mean=self.mean,
                 seed=int(o["seed"]), workers=int(o["workers"]), ten_crop=ten_crop,
                 limit=o["limit_train"] if train else o["limit_val"],
-                pca_noise=float(o["pca_noise"]), flip=bool(o.get("flip", True)))
+                pca_noise=float(o["pca_noise"]), flip=bool(o.get("flip", True)),
+                shard=self.shard if train else None)
         return self._made[key]
 
     def close(self):
@@ -50,6 +53,7 @@ class Session:
     state: TrainState
     loaders: Loaders
     resumed: bool
+    world: object = None  # pyalexnet.distributed.World of a multi-process run
 
 
 def channel_mean(config, train_set, opts):
@@ -68,12 +72,25 @@ def channel_mean(config, train_set, opts):
                                                 seed=int(opts["seed"])), dtype=np.float32)
 
 
-def open_session(opts, resume=None) -> Session:
-    """The network, data and state of a run (``resume``: a Checkpoint to continue)."""
+def rank_backends(backend, devices, world):
+    """With CuPy under torchrun, the GPUs of this rank: local_rank x devices onwards."""
+    if world is None or backend.name != "cuda":
+        return backend
+    first = world.local_rank * int(devices)
+    bes = [get_backend("cuda", device=first + i) for i in range(int(devices))]
+    return bes[0] if len(bes) == 1 else bes
+
+
+def open_session(opts, resume=None, world=None) -> Session:
+    """The network, data and state of a run (``resume``: a Checkpoint to continue;
+    ``world``: this rank's place in a data-parallel run)."""
     backend = get_backend(None if opts["backend"] == "auto" else opts["backend"])
     train_set, classes = data.open_split(opts["source"], "train")
     val_set, _ = data.open_split(opts["source"], "val")  # labels follow train's classes
-    net = net_from_options(opts, backend, num_classes=len(classes))
+    net = net_from_options(opts, rank_backends(backend, opts["devices"], world),
+                           num_classes=len(classes), world=world)
+    if world is not None:
+        backend = net.backend  # this rank's device
     if resume is not None:
         net.load_state_dict(resume.params)
         state = TrainState.from_meta(resume.meta)
@@ -81,4 +98,5 @@ def open_session(opts, resume=None) -> Session:
     else:
         state = TrainState(lr=float(opts["lr"]), mean=channel_mean(net.config, train_set, opts))
     return Session(opts, net, backend, train_set, val_set, classes, state,
-                   Loaders(opts, train_set, val_set, state.mean), resume is not None)
+                   Loaders(opts, train_set, val_set, state.mean, world), resume is not None,
+                   world)
