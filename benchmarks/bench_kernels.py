@@ -53,6 +53,8 @@ class Case:
     bytes: float = 0.0         # memory-bound ops: GB/s
     tol: float = 1e-4
     repeatable: bool = True    # the same output on every call (not so for in-place SGD)
+    replaces: str = ""         # the case of the kernel version this one supersedes: the
+                               # run also prints this one's time over that one's
 
 
 @dataclass
@@ -256,10 +258,14 @@ class Builder:
             Case(f"{name} forward", shape, bytes=float(x.nbytes + y.nbytes), baseline=fwd,
                  ours=lambda: pool.maxpool_forward(be, x, 3, 2),
                  expected=self.reference(lambda: pool.maxpool_forward_reference(X, 3, 2))),
-            Case(f"{name} backward", shape, bytes=float(2 * x.nbytes + 2 * y.nbytes), baseline=bwd,
-                 ours=lambda: pool.maxpool_backward(be, x, y, dy, 3, 2),
+        ] + [
+            # bytes: what v1 reads and writes (v2 does not read y); the same for both rows
+            Case(f"{name} backward v{v}", shape, bytes=float(2 * x.nbytes + 2 * y.nbytes),
+                 baseline=bwd, replaces=f"{name} backward v{v - 1}" if v > 1 else "",
+                 ours=lambda v=v: pool.maxpool_backward(be, x, y, dy, 3, 2, version=v),
                  expected=self.reference(lambda: pool.maxpool_backward_reference(
-                     X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2))),
+                     X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2)))
+            for v in pool.BACKWARD_VERSIONS
         ]
 
     def relu(self):
@@ -392,7 +398,17 @@ def run(args):
             failures.append(c.name)
         results.append(r)
         print_row(r)
-    return be, batch, small, torch, results, failures
+    ratios = version_ratios(cases, results)
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio:.2f} x the time of {next(c.replaces for c in cases if c.name == name)}")
+    return be, batch, small, torch, results, failures, ratios
+
+
+def version_ratios(cases, results):
+    """{new case: its time / the time of the version it replaces}, both from this run."""
+    times = {r.name: r.ours_ms for r in results}
+    return {c.name: times[c.name] / times[c.replaces] for c in cases
+            if c.replaces and c.name in times and times.get(c.replaces)}
 
 
 def device_name(be):
@@ -445,7 +461,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/...)")
     args = ap.parse_args(argv)
     print_header()
-    be, batch, small, torch, results, failures = run(args)
+    be, batch, small, torch, results, failures, ratios = run(args)
     name = device_name(be)
     stamp = datetime.datetime.now(datetime.timezone.utc)
     slug = "-".join(name.lower().split()) if be.name == "cuda" else f"cpu-{be.name}"
@@ -459,7 +475,8 @@ def main(argv=None):
         "baseline": "PyTorch cuDNN/cuBLAS, FP32, TF32 off" if torch else None,
         "timing": "CUDA events, median, L2 flushed between repeats" if be.name == "cuda" else "wall clock, median",
         "repeats": args.repeats, "geomean_ratio": float(np.exp(np.mean(np.log(with_base)))) if with_base else None,
-        "validation_failures": failures, "results": [asdict(r) for r in results]}
+        "validation_failures": failures, "version_ratios": ratios,
+        "results": [asdict(r) for r in results]}
     out.write_text(json.dumps(summary, indent=1))
     if with_base:
         print(f"geometric mean of ours/baseline time: {summary['geomean_ratio']:.2f}")
