@@ -178,11 +178,18 @@ class Builder:
                  expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
                      DY, W, x.shape, s, p, g)),
                  baseline=self.timed(bwd_data)),
-            Case(f"{name} backward filter", shape, flops=flops,
-                 ours=lambda: conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g),
+        ] + [
+            # each version's workspace allocated once, as the model does
+            Case(f"{name} backward filter v{v}", shape, flops=flops,
+                 replaces=f"{name} backward filter v{v - 1}" if v > 1 else "",
+                 ours=lambda v=v, ws=be.empty((max(1, conv.conv2d_backward_filter_workspace_size(
+                     x.shape, w.shape, s, p, g, version=v)),)):
+                     conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g, version=v,
+                                                 workspace=ws),
                  expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
                      X, DY, w.shape, s, p, g)),
-                 baseline=self.timed(bwd_filter)),
+                 baseline=self.timed(bwd_filter))
+            for v in conv.FILTER_VERSIONS
         ]
 
     def fc(self, name, n_in, n_out):

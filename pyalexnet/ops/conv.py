@@ -34,6 +34,17 @@ DIRECT_MAX_CHANNELS = 16  # backward data: below this many channels per group, a
                           # would be mostly padding; the direct kernel runs instead
 MAX_GRID_YZ = 65535
 INT32_LIMIT = 2**31
+# Filter gradient, version 2 (the default): tiles whose __launch_bounds__ guarantee these
+# resident blocks per SM (no 128x128: capped to two blocks it spills), and a split count
+# from a model of waves of resident blocks plus the split reduction's memory traffic.
+FILTER_VERSIONS = (1, 2)
+FILTER_V2_BLOCKS_PER_SM = {(128, 64): 3, (64, 128): 3, (64, 64): 5}
+SM_FMA_PER_US = 1.27e5   # sustained FP32 FMAs per microsecond per H200 SM (about half peak)
+HBM_BYTES_PER_US = 3.0e6  # the reduction streams the workspace once
+LAUNCH_US = 3.0           # a second kernel launch (the reduction)
+V2_MIN_SPLIT = 256        # reduction per split at least this long (amortises the epilogue)
+V2_MAX_SPLITS = 64
+MODEL_SLACK = 0.03        # cost differences below this fraction are noise in the model
 
 
 # ---- shapes and validation ----------------------------------------------------------------
@@ -169,10 +180,80 @@ def pick_splits(npq, tiles):
     return ceil_div(npq, length), length
 
 
-def _tile(tile):
+def waves(blocks, per_sm, sms=TARGET_SMS):
+    """Time of a grid in units of one full wave of resident blocks. A last, partial wave
+    costs in proportion to the blocks it puts on the busiest SM, plus a tenth for the
+    tail (the same rule as ops.linear.gemm_cost_us)."""
+    full, rest = divmod(blocks, per_sm * sms)
+    return full + (0.1 + 0.9 * ceil_div(rest, sms) / per_sm if rest else 0.0)
+
+
+def filter_v2_cost_us(kg, ncol, groups, npq, tile, splits):
+    """Modelled microseconds of the v2 filter gradient with this tile and split count."""
+    bm, bn = tile
+    per_sm = FILTER_V2_BLOCKS_PER_SM[tile]
+    length = ceil_div(ceil_div(npq, splits), CHUNK) * CHUNK
+    splits = ceil_div(npq, length)
+    blocks = ceil_div(kg, bm) * ceil_div(ncol, bn) * groups * splits
+    # a wave: per_sm blocks share an SM, each bm x bn x length FMAs at the tile's speed
+    wave_us = per_sm * bm * bn * length / (TILE_SPEED[tile] * SM_FMA_PER_US)
+    dw_bytes = 4 * kg * groups * ncol
+    reduce_us = LAUNCH_US + (splits + 1) * dw_bytes / HBM_BYTES_PER_US if splits > 1 else 0.0
+    return waves(blocks, per_sm) * wave_us + reduce_us
+
+
+def filter_v2_plan(kg, ncol, groups, npq, tile=None, splits=None):
+    """(tile, splits, split length) of the v2 filter gradient: the cheapest by
+    filter_v2_cost_us; tile / splits force a choice. Depends on the shape only."""
+    tiles = [_tile(tile, FILTER_V2_BLOCKS_PER_SM)] if tile else list(FILTER_V2_BLOCKS_PER_SM)
+    if splits is not None:
+        counts = [min(_as_int("splits", splits, 1), npq)]
+    else:
+        counts = range(1, max(1, min(V2_MAX_SPLITS, npq // V2_MIN_SPLIT)) + 1)
+    # Within the model's resolution, the fewest splits (the smallest workspace) win,
+    # then the first tile.
+    cost = {(t, c): filter_v2_cost_us(kg, ncol, groups, npq, t, c) for c in counts for t in tiles}
+    best = min(cost.values())
+    tile, splits = next(tc for tc, v in cost.items() if v <= best * (1 + MODEL_SLACK))
+    length = ceil_div(ceil_div(npq, splits), CHUNK) * CHUNK
+    return tile, ceil_div(npq, length), length
+
+
+def _filter_plan(x_shape, w_shape, stride, pad, groups, version, tile, splits):
+    """(kernel, tile, splits, split length) of the filter gradient; see conv2d_backward_filter."""
+    if version not in FILTER_VERSIONS:
+        raise ValueError(f"conv2d: backward filter version must be one of {FILTER_VERSIONS}, "
+                         f"got {version!r}")
+    n, k, p, q = _geometry(x_shape, w_shape, stride, pad, groups)
+    kg, ncol, npq = k // groups, int(np.prod(w_shape[1:])), n * p * q
+    if version == 2:
+        tile, splits, length = filter_v2_plan(kg, ncol, groups, npq, tile, splits)
+        return "conv_bwd_filter_v2_%dx%d" % tile, tile, splits, length
+    tile = _tile(tile) if tile else pick_tile(kg, ncol, groups, fill=False)
+    tiles = ceil_div(kg, tile[0]) * ceil_div(ncol, tile[1]) * groups
+    if splits is None:
+        splits, length = pick_splits(npq, tiles)
+    else:
+        splits = min(_as_int("splits", splits, 1), npq)
+        length = ceil_div(npq, splits)
+        splits = ceil_div(npq, length)  # no empty chunk
+    return "conv_bwd_filter_%dx%d" % tile, tile, splits, length
+
+
+def conv2d_backward_filter_workspace_size(x_shape, w_shape, stride=1, pad=0, groups=1,
+                                          version=2):
+    """float32 elements of the workspace conv2d_backward_filter needs for these shapes
+    (0: it writes dw directly). Allocate the largest over a model's layers once and pass
+    it as ``workspace=`` to every call; the plan depends on the shapes only."""
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    _, _, splits, _ = _filter_plan(x_shape, w_shape, stride, pad, groups, version, None, None)
+    return 0 if splits == 1 else splits * int(np.prod(w_shape))
+
+
+def _tile(tile, tiles=TILES):
     tile = tuple(tile)
-    if tile not in TILES:
-        raise ValueError(f"conv2d: no kernel for tile {tile}; choose one of {TILES}")
+    if tile not in tiles:
+        raise ValueError(f"conv2d: no kernel for tile {tile}; choose one of {tuple(tiles)}")
     return tile
 
 
@@ -251,34 +332,45 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
 
 
 def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=None,
-                           splits=None):
+                           splits=None, version=2, workspace=None):
     """dw (K, C/groups, R, S), deterministic: the (n, p, q) reduction is cut into a fixed
     number of chunks (from the shape; ``splits`` overrides it) whose partial sums are added
-    in chunk order by a second kernel. No atomics, so every run gives the same bits."""
+    in chunk order by a second kernel. No atomics, so every run gives the same bits.
+
+    version: 2 (default) plans tile and splits with filter_v2_cost_us on register-capped
+    kernels; 1 is the earlier plan (pick_tile, pick_splits) and kernels. workspace: a
+    float32 array of at least conv2d_backward_filter_workspace_size(...) elements (any
+    shape, C-contiguous) for the partial sums; without it one is allocated per call."""
     w_shape = tuple(int(v) for v in w_shape)
     out = _geometry(x.shape, w_shape, stride, pad, groups)
     _check_dy(dy.shape, out)
+    kernel, tile, splits, length = _filter_plan(x.shape, w_shape, stride, pad, groups, version,
+                                                tile, splits)
     if not be.runs_kernels:
         return conv2d_backward_filter_reference(x, dy, w_shape, stride, pad, groups)
     _check_kernel_args("backward filter", ("x", x), ("dy", dy))
-    n, k, p, q = out
-    kg, ncol, npq = k // groups, int(np.prod(w_shape[1:])), n * p * q
-    tile = _tile(tile) if tile else pick_tile(kg, ncol, groups, fill=False)
-    tiles = ceil_div(kg, tile[0]) * ceil_div(ncol, tile[1]) * groups
-    if splits is None:
-        splits, length = pick_splits(npq, tiles)
-    else:
-        splits = min(_as_int("splits", splits, 1), npq)
-        length = ceil_div(npq, splits)
-        splits = ceil_div(npq, length)  # no empty chunk
+    kg, ncol = out[1] // groups, int(np.prod(w_shape[1:]))
     dw = be.empty(w_shape)
-    ws = dw if splits == 1 else be.empty((splits,) + w_shape)
+    need = splits * dw.size
+    if splits == 1:
+        ws = dw
+    elif workspace is None:
+        ws = be.empty((splits,) + w_shape)
+    else:
+        _check_kernel_args("backward filter", ("workspace", workspace))
+        if workspace.size < need or not workspace.flags.c_contiguous:
+            raise ValueError(f"conv2d backward filter: the workspace must be a C-contiguous "
+                             f"float32 array of at least {need} elements, got shape "
+                             f"{tuple(workspace.shape)}")
+        ws = workspace.reshape(-1)[:need]
     _check_kernel_args("backward filter", ("workspace", ws))
-    be.launch(KERNELS, "conv_bwd_filter_%dx%d" % tile, _grid(ncol, kg, splits * groups, tile),
+    be.launch(KERNELS, kernel, _grid(ncol, kg, splits * groups, tile),
               THREADS, [x, dy, ws, *_dims(x.shape, w_shape, out, stride, pad, groups),
                         i32(length)])
     if splits > 1:
-        be.launch(KERNELS, "conv_bwd_filter_reduce", elementwise_grid(dw.size),
+        reduce = "conv_bwd_filter_reduce_v2" if version == 2 else "conv_bwd_filter_reduce"
+        per_thread = 4 if version == 2 and dw.size % 4 == 0 else 1
+        be.launch(KERNELS, reduce, elementwise_grid(ceil_div(dw.size, per_thread)),
                   ELEMENTWISE_BLOCK, [ws, dw, i32(splits), i64(dw.size)])
     return dw
 
