@@ -209,8 +209,14 @@ class Builder:
         def bwd_weight(T):
             return T(dy).T @ T(x)
 
+        # the forward as planned before K-contiguous weights had their own tile (64k)
+        old = linear.gemm_plan(self.batch, n_out, n_in)
         return [
+            Case(f"{name} forward previous plan", shape, flops=flops,
+                 ours=lambda: linear.gemm(be, x, w, trans_b=True, tile=old.tile, splits=old.splits),
+                 expected=self.exact(fwd, lambda: X @ W.T), baseline=self.timed(fwd)),
             Case(f"{name} forward", shape, flops=flops, ours=lambda: linear.linear_forward(be, x, w),
+                 replaces=f"{name} forward previous plan",
                  expected=self.exact(fwd, lambda: X @ W.T), baseline=self.timed(fwd)),
             Case(f"{name} backward data", shape, flops=flops,
                  ours=lambda: linear.linear_backward_data(be, dy, w),

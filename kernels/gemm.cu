@@ -10,6 +10,9 @@
 //   _64 :  64x64  block tile, BK 16, 256 threads, 4x4 outputs per thread (mid sizes)
 //   _8  :   8x256 block tile, BK 16, 256 threads, 1x8 outputs per thread (M <= 8: the
 //          batch-2 layers, where op(B) -- the weights -- is streamed once)
+//   _64k:  64x64  block tile, BK 32, 256 threads, 4x4 outputs per thread: a K-contiguous
+//          operand is read in 128-byte runs of each row (a whole cache line), where the
+//          other tiles read 32 (BK 8) or 64 bytes (BK 16) of a row per K tile
 //
 // Per block: op(A) and op(B) tiles are staged k-major in shared memory, As[k][m] and
 // Bs[k][n] (rows padded by 4 floats), so the inner loop reads each thread's fragment as
@@ -258,6 +261,7 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, floa
 #define GEMM_CFG_128 128, 128, 8, 8, 8
 #define GEMM_CFG_64 64, 64, 16, 4, 4
 #define GEMM_CFG_8 8, 256, 16, 1, 8
+#define GEMM_CFG_64K 64, 64, 32, 4, 4
 
 extern "C" __global__ void __launch_bounds__(256) gemm_nn_128(GEMM_PARAMS) {
   gemm_tile<false, false, GEMM_CFG_128>(GEMM_ARGS);
@@ -295,9 +299,22 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemm_tn_8(GEMM_PARAMS) {
 extern "C" __global__ void __launch_bounds__(256, 4) gemm_tt_8(GEMM_PARAMS) {
   gemm_tile<true, true, GEMM_CFG_8>(GEMM_ARGS);
 }
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_nn_64k(GEMM_PARAMS) {
+  gemm_tile<false, false, GEMM_CFG_64K>(GEMM_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_nt_64k(GEMM_PARAMS) {
+  gemm_tile<false, true, GEMM_CFG_64K>(GEMM_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_tn_64k(GEMM_PARAMS) {
+  gemm_tile<true, false, GEMM_CFG_64K>(GEMM_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256, 4) gemm_tt_64k(GEMM_PARAMS) {
+  gemm_tile<true, true, GEMM_CFG_64K>(GEMM_ARGS);
+}
 
 #undef GEMM_PARAMS
 #undef GEMM_ARGS
 #undef GEMM_CFG_128
 #undef GEMM_CFG_64
 #undef GEMM_CFG_8
+#undef GEMM_CFG_64K
