@@ -14,6 +14,7 @@ import operator
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import winograd
 from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32
 from .bias import bias_backward
 
@@ -240,6 +241,55 @@ def _filter_plan(x_shape, w_shape, stride, pad, groups, version, tile, splits):
     return "conv_bwd_filter_%dx%d" % tile, tile, splits, length
 
 
+ALGOS = ("gemm", "auto", "winograd2", "winograd4")
+
+
+def pick_algo(pass_, x_shape, w_shape, stride=1, pad=0, groups=1):
+    """"gemm", "winograd2" or "winograd4" for one pass ("forward", "backward_data",
+    "backward_filter") of a layer: the cheapest by a model of the implicit GEMM (its FMAs
+    at SM_FMA_PER_US on every SM) against winograd.Plan.cost_us (batched products, buffer
+    traffic, launches). Winograd only for 3x3 stride-1 layers with pad <= 2. Not checked
+    on a GPU: the ops default to "gemm"; pass algo="auto" to use this choice."""
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    n, k, p, q = _geometry(x_shape, w_shape, stride, pad, groups)
+    if tuple(w_shape[2:]) != (3, 3) or stride != 1 or pad > 2:
+        return "gemm"
+    fmas = n * k * p * q * int(np.prod(w_shape[1:]))
+    cost = {"gemm": fmas / (TARGET_SMS * SM_FMA_PER_US)}
+    for m in winograd.TILE_SIZES:
+        cost[f"winograd{m}"] = winograd.Plan(pass_, x_shape, w_shape, pad, groups, m).cost_us()
+    return min(cost, key=cost.get)  # ties: the first, gemm
+
+
+def _resolve_algo(algo, pass_, x_shape, w_shape, stride, pad, groups, tile):
+    if algo not in ALGOS:
+        raise ValueError(f"conv2d: algo must be one of {ALGOS}, got {algo!r}")
+    if algo == "auto":
+        return "gemm" if tile is not None else pick_algo(pass_, x_shape, w_shape, stride, pad,
+                                                         groups)
+    if algo != "gemm" and tile is not None:
+        raise ValueError(f"conv2d: tile= selects an implicit-GEMM kernel; algo={algo!r} has none")
+    return algo
+
+
+def conv2d_workspace_size(pass_, x_shape, w_shape, stride=1, pad=0, groups=1, algo="gemm",
+                          version=2):
+    """float32 elements of the workspace= one pass needs with this algo ("auto" resolved
+    as the op resolves it); 0 for none. A model allocates the largest over its layers and
+    passes once, then hands it to every call."""
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    if pass_ not in winograd.PASSES:
+        raise ValueError(f"conv2d: pass must be one of {winograd.PASSES}, got {pass_!r}")
+    algo = _resolve_algo(algo, pass_, x_shape, w_shape, stride, pad, groups, None)
+    if algo != "gemm":
+        return winograd.winograd_workspace_size(pass_, x_shape, w_shape, pad, groups,
+                                                int(algo[-1]))
+    if pass_ == "backward_filter":
+        return conv2d_backward_filter_workspace_size(x_shape, w_shape, stride, pad, groups,
+                                                     version)
+    return 0
+
+
 def conv2d_backward_filter_workspace_size(x_shape, w_shape, stride=1, pad=0, groups=1,
                                           version=2):
     """float32 elements of the workspace conv2d_backward_filter needs for these shapes
@@ -280,15 +330,23 @@ def _dims(x_shape, w_shape, out_shape, stride, pad, groups):
 
 
 # ---- launchers -------------------------------------------------------------------------------
-def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None):
+def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None,
+                   algo="gemm", workspace=None):
     """y = conv(x, w) + b, then ReLU if ``relu`` (fused in the kernel's epilogue).
 
     tile: force a (BM, BN) kernel tile (tests, tuning); by default picked from the shape.
+    algo: "gemm" (implicit GEMM), "winograd2" / "winograd4" (F(2x2, 3x3) / F(4x4, 3x3),
+    3x3 stride-1 layers only) or "auto" (pick_algo). workspace: for Winograd, a float32
+    array of at least conv2d_workspace_size("forward", ...) elements.
     """
     out = _geometry(x.shape, w.shape, stride, pad, groups)
     k = out[1]
     if b is not None and tuple(b.shape) != (k,):
         raise ValueError(f"conv2d: bias of shape {tuple(b.shape)} for {k} filters")
+    algo = _resolve_algo(algo, "forward", x.shape, w.shape, stride, pad, groups, tile)
+    if algo != "gemm":
+        return winograd.winograd_forward(be, x, w, b, pad, groups, relu, int(algo[-1]),
+                                         workspace)
     if not be.runs_kernels:
         return conv2d_forward_reference(x, w, b, stride, pad, groups, relu)
     _check_kernel_args("forward", ("x", x), ("w", w), *([("b", b)] if b is not None else []))
@@ -303,15 +361,21 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     return y
 
 
-def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None):
+def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None,
+                         algo="gemm", workspace=None):
     """dx (N, C, H, W): the gradient of conv2d_forward with respect to its input.
 
     tile: a (BM, BN) GEMM tile or "direct"; by default the direct kernel for fewer than
     DIRECT_MAX_CHANNELS channels per group (conv1), else a tile picked from the shape.
+    algo, workspace: as for conv2d_forward (pass "backward_data").
     """
     x_shape = tuple(int(v) for v in x_shape)
     out = _geometry(x_shape, w.shape, stride, pad, groups)
     _check_dy(dy.shape, out)
+    algo = _resolve_algo(algo, "backward_data", x_shape, w.shape, stride, pad, groups, tile)
+    if algo != "gemm":
+        return winograd.winograd_backward_data(be, dy, w, x_shape, pad, groups, int(algo[-1]),
+                                               workspace)
     if not be.runs_kernels:
         return conv2d_backward_data_reference(dy, w, x_shape, stride, pad, groups)
     _check_kernel_args("backward data", ("dy", dy), ("w", w))
@@ -332,7 +396,7 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
 
 
 def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=None,
-                           splits=None, version=2, workspace=None):
+                           splits=None, version=2, workspace=None, algo="gemm"):
     """dw (K, C/groups, R, S), deterministic: the (n, p, q) reduction is cut into a fixed
     number of chunks (from the shape; ``splits`` overrides it) whose partial sums are added
     in chunk order by a second kernel. No atomics, so every run gives the same bits.
@@ -340,10 +404,16 @@ def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=N
     version: 2 (default) plans tile and splits with filter_v2_cost_us on register-capped
     kernels; 1 is the earlier plan (pick_tile, pick_splits) and kernels. workspace: a
     float32 array of at least conv2d_backward_filter_workspace_size(...) elements (any
-    shape, C-contiguous) for the partial sums; without it one is allocated per call."""
+    shape, C-contiguous) for the partial sums; without it one is allocated per call.
+    algo: as for conv2d_forward (pass "backward_filter"; size the workspace with
+    conv2d_workspace_size); splits then counts Winograd's tile chunks."""
     w_shape = tuple(int(v) for v in w_shape)
     out = _geometry(x.shape, w_shape, stride, pad, groups)
     _check_dy(dy.shape, out)
+    algo = _resolve_algo(algo, "backward_filter", x.shape, w_shape, stride, pad, groups, tile)
+    if algo != "gemm":
+        return winograd.winograd_backward_filter(be, x, dy, w_shape, pad, groups, int(algo[-1]),
+                                                 workspace, splits)
     kernel, tile, splits, length = _filter_plan(x.shape, w_shape, stride, pad, groups, version,
                                                 tile, splits)
     if not be.runs_kernels:
