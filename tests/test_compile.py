@@ -6,6 +6,7 @@ from pyalexnet.backends import kernel_dir
 from pyalexnet.compile_check import (ARCHS, Occupancy, describe, find_nvcc, gxx_check,
                                      kernel_files, nvcc_check, occupancy)
 from pyalexnet.ops.conv import FILTER_V2_BLOCKS_PER_SM
+from pyalexnet.ops.winograd import BGEMM_BLOCKS_PER_SM
 from pyalexnet.ops.linear import TILE_OCCUPANCY
 
 FILES = kernel_files()
@@ -56,6 +57,10 @@ def test_planner_occupancy_tables_match_ptxas():
     for (bm, bn), blocks in FILTER_V2_BLOCKS_PER_SM.items():
         k = usage[f"conv_bwd_filter_v2_{bm}x{bn}"]
         assert (k.threads, k.assumed) == (256, False)
+        assert k.occupancy.blocks == blocks, f"{k.name}: {k.registers} registers"
+    usage = _sm90_usage("winograd.cu")
+    for (ops, tile), blocks in BGEMM_BLOCKS_PER_SM.items():
+        k = usage[f"wino_bgemm_{ops}_{tile}"]
         assert k.occupancy.blocks == blocks, f"{k.name}: {k.registers} registers"
     usage = _sm90_usage("gemm.cu")
     for tile, blocks in TILE_OCCUPANCY.items():

@@ -267,8 +267,11 @@ def _resolve_algo(algo, pass_, x_shape, w_shape, stride, pad, groups, tile):
     if algo == "auto":
         return "gemm" if tile is not None else pick_algo(pass_, x_shape, w_shape, stride, pad,
                                                          groups)
-    if algo != "gemm" and tile is not None:
-        raise ValueError(f"conv2d: tile= selects an implicit-GEMM kernel; algo={algo!r} has none")
+    if algo != "gemm":
+        if tile is not None:
+            raise ValueError(f"conv2d: tile= selects an implicit-GEMM kernel; algo={algo!r} "
+                             "has none")
+        winograd.check_applicable(x_shape, w_shape, stride, pad, groups)
     return algo
 
 
