@@ -190,7 +190,41 @@ class Builder:
                      X, DY, w.shape, s, p, g)),
                  baseline=self.timed(bwd_filter))
             for v in conv.FILTER_VERSIONS
+        ] + self.winograd(name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter)
+
+    def winograd(self, name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter):
+        """Each pass of a 3x3 stride-1 layer through F(2x2) and F(4x4), against the implicit
+        GEMM (ratio printed) and cuDNN; validated against float64, as every case is (cuDNN's
+        own Winograd/FFT results are approximations too)."""
+        if tuple(w.shape[2:]) != (3, 3) or s != 1 or p > 2:
+            return []
+        be = self.be
+        X, W, DY = self.host64(x), self.host64(w), self.host64(dy)
+        passes = [
+            ("forward", "forward", fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g),
+             lambda a, ws: conv.conv2d_forward(be, x, w, None, s, p, g, algo=a, workspace=ws)),
+            ("backward_data", "backward data", bwd_data,
+             lambda: conv.conv2d_backward_data_reference(DY, W, x.shape, s, p, g),
+             lambda a, ws: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g, algo=a,
+                                                     workspace=ws)),
+            ("backward_filter", "backward filter", bwd_filter,
+             lambda: conv.conv2d_backward_filter_reference(X, DY, w.shape, s, p, g),
+             lambda a, ws: conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g, algo=a,
+                                                       workspace=ws)),
         ]
+        cases = []
+        for pass_, label, torch_fn, ref, run in passes:
+            gemm_case = f"{name} {label}" + (" v2" if pass_ == "backward_filter" else "")
+            for m in (2, 4):
+                algo = f"winograd{m}"
+                ws = be.empty((conv.conv2d_workspace_size(pass_, x.shape, w.shape, s, p, g,
+                                                          algo=algo),))
+                cases.append(Case(
+                    f"{name} {label} {algo}", shape, flops=flops, replaces=gemm_case,
+                    tol=1e-3,  # F(4x4) rounds more (tests/test_winograd.py bounds it)
+                    ours=lambda run=run, algo=algo, ws=ws: run(algo, ws),
+                    expected=self.exact(torch_fn, ref), baseline=self.timed(torch_fn)))
+        return cases
 
     def fc(self, name, n_in, n_out):
         be = self.be
