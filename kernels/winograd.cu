@@ -308,7 +308,7 @@ WINO_ENTRY_POINTS(4)
   }
 #define WINO_CFG_128 128, 128, 8, 8, 8
 #define WINO_CFG_64 64, 64, 16, 4, 4
-WINO_BGEMM(wino_bgemm_nn_128, false, WINO_CFG_128, 1)
+WINO_BGEMM(wino_bgemm_nn_128, false, WINO_CFG_128, 2)
 WINO_BGEMM(wino_bgemm_nt_128, true, WINO_CFG_128, 2)
 WINO_BGEMM(wino_bgemm_nn_64, false, WINO_CFG_64, 4)
 WINO_BGEMM(wino_bgemm_nt_64, true, WINO_CFG_64, 4)

@@ -36,7 +36,7 @@ PASSES = ("forward", "backward_data", "backward_filter")
 # them against ptxas) and their tiles; time per K from the GEMM planner's measured
 # figures scaled by occupancy (not measured for these kernels).
 BGEMM_TILES = ("128", "64")
-BGEMM_BLOCKS_PER_SM = {("nn", "128"): 1, ("nt", "128"): 2, ("nn", "64"): 4, ("nt", "64"): 4}
+BGEMM_BLOCKS_PER_SM = {("nn", "128"): 2, ("nt", "128"): 2, ("nn", "64"): 4, ("nt", "64"): 4}
 MIN_CHUNK = 32      # filter gradient: tiles per reduction chunk at least this many
 MAX_CHUNKS = 64
 
