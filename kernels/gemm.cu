@@ -52,7 +52,7 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ ws, floa
 #define GEMM_CFG_128 128, 128, 8, 8, 8
 #define GEMM_CFG_64 64, 64, 16, 4, 4
 #define GEMM_CFG_8 8, 256, 16, 1, 8
-#define GEMM_CFG_64K 64, 64, 32, 4, 4
+#define GEMM_CFG_64k 64, 64, 32, 4, 4
 
 extern "C" __global__ void __launch_bounds__(256) gemm_nn_128(GEMM_PARAMS) {
   gemm_tile<false, false, GEMM_CFG_128>(GEMM_ARGS);
@@ -91,16 +91,16 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemm_tt_8(GEMM_PARAMS) {
   gemm_tile<true, true, GEMM_CFG_8>(GEMM_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(256, 4) gemm_nn_64k(GEMM_PARAMS) {
-  gemm_tile<false, false, GEMM_CFG_64K>(GEMM_ARGS);
+  gemm_tile<false, false, GEMM_CFG_64k>(GEMM_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(256, 4) gemm_nt_64k(GEMM_PARAMS) {
-  gemm_tile<false, true, GEMM_CFG_64K>(GEMM_ARGS);
+  gemm_tile<false, true, GEMM_CFG_64k>(GEMM_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(256, 4) gemm_tn_64k(GEMM_PARAMS) {
-  gemm_tile<true, false, GEMM_CFG_64K>(GEMM_ARGS);
+  gemm_tile<true, false, GEMM_CFG_64k>(GEMM_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(256, 4) gemm_tt_64k(GEMM_PARAMS) {
-  gemm_tile<true, true, GEMM_CFG_64K>(GEMM_ARGS);
+  gemm_tile<true, true, GEMM_CFG_64k>(GEMM_ARGS);
 }
 
 #undef GEMM_PARAMS
@@ -108,4 +108,4 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemm_tt_64k(GEMM_PARAMS) {
 #undef GEMM_CFG_128
 #undef GEMM_CFG_64
 #undef GEMM_CFG_8
-#undef GEMM_CFG_64K
+#undef GEMM_CFG_64k
