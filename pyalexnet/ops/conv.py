@@ -35,7 +35,7 @@ DIRECT_MAX_CHANNELS = 16  # backward data: below this many channels per group, a
                           # would be mostly padding; the direct kernel runs instead
 MAX_GRID_YZ = 65535
 INT32_LIMIT = 2**31
-# Filter gradient, version 2 (the default): tiles whose __launch_bounds__ guarantee these
+# Filter gradient, version 2 (version=2): tiles whose __launch_bounds__ guarantee these
 # resident blocks per SM (no 128x128: capped to two blocks it spills), and a split count
 # from a model of waves of resident blocks plus the split reduction's memory traffic.
 FILTER_VERSIONS = (1, 2)
@@ -276,7 +276,7 @@ def _resolve_algo(algo, pass_, x_shape, w_shape, stride, pad, groups, tile):
 
 
 def conv2d_workspace_size(pass_, x_shape, w_shape, stride=1, pad=0, groups=1, algo="gemm",
-                          version=2):
+                          version=1):
     """float32 elements of the workspace= one pass needs with this algo ("auto" resolved
     as the op resolves it); 0 for none. A model allocates the largest over its layers and
     passes once, then hands it to every call."""
@@ -294,7 +294,7 @@ def conv2d_workspace_size(pass_, x_shape, w_shape, stride=1, pad=0, groups=1, al
 
 
 def conv2d_backward_filter_workspace_size(x_shape, w_shape, stride=1, pad=0, groups=1,
-                                          version=2):
+                                          version=1):
     """float32 elements of the workspace conv2d_backward_filter needs for these shapes
     (0: it writes dw directly). Allocate the largest over a model's layers once and pass
     it as ``workspace=`` to every call; the plan depends on the shapes only."""
@@ -399,13 +399,15 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
 
 
 def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=None,
-                           splits=None, version=2, workspace=None, algo="gemm"):
+                           splits=None, version=1, workspace=None, algo="gemm"):
     """dw (K, C/groups, R, S), deterministic: the (n, p, q) reduction is cut into a fixed
     number of chunks (from the shape; ``splits`` overrides it) whose partial sums are added
     in chunk order by a second kernel. No atomics, so every run gives the same bits.
 
-    version: 2 (default) plans tile and splits with filter_v2_cost_us on register-capped
-    kernels; 1 is the earlier plan (pick_tile, pick_splits) and kernels. workspace: a
+    version: 1 (default: the earlier plan, pick_tile and pick_splits, so recorded training
+    runs keep their bits) or 2 (tile and splits from filter_v2_cost_us, on register-capped
+    kernels; not yet timed on a GPU). The two sum in different orders, so their results
+    differ in the last bits. workspace: a
     float32 array of at least conv2d_backward_filter_workspace_size(...) elements (any
     shape, C-contiguous) for the partial sums; without it one is allocated per call.
     algo: as for conv2d_forward (pass "backward_filter"; size the workspace with
