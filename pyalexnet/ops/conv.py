@@ -15,8 +15,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import winograd
-from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32
+from ._launch import (ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32,
+                      waves)
 from .bias import bias_backward
+from .linear import SPLIT_BYTES_PER_US as HBM_BYTES_PER_US  # partials: written, read once
 
 KERNELS = "conv.cu"
 THREADS = 256          # every conv kernel's block (CONV_THREADS)
@@ -40,9 +42,9 @@ INT32_LIMIT = 2**31
 # from a model of waves of resident blocks plus the split reduction's memory traffic.
 FILTER_VERSIONS = (1, 2)
 FILTER_V2_BLOCKS_PER_SM = {(128, 64): 3, (64, 128): 3, (64, 64): 5}
-SM_FMA_PER_US = 1.27e5   # sustained FP32 FMAs per microsecond per H200 SM (about half peak)
-HBM_BYTES_PER_US = 3.0e6  # the reduction streams the workspace once
-LAUNCH_US = 3.0           # a second kernel launch (the reduction)
+SM_FMA_PER_US = 1.27e5   # FP32 FMAs per microsecond per H200 SM: half the peak (the H200
+                          # run measured our implicit GEMMs at 30-45% of it)
+LAUNCH_US = 3.0           # one more kernel launch (a reduction), assumed
 V2_MIN_SPLIT = 256        # reduction per split at least this long (amortises the epilogue)
 V2_MAX_SPLITS = 64
 MODEL_SLACK = 0.03        # cost differences below this fraction are noise in the model
@@ -181,14 +183,6 @@ def pick_splits(npq, tiles):
     return ceil_div(npq, length), length
 
 
-def waves(blocks, per_sm, sms=TARGET_SMS):
-    """Time of a grid in units of one full wave of resident blocks. A last, partial wave
-    costs in proportion to the blocks it puts on the busiest SM, plus a tenth for the
-    tail (the same rule as ops.linear.gemm_cost_us)."""
-    full, rest = divmod(blocks, per_sm * sms)
-    return full + (0.1 + 0.9 * ceil_div(rest, sms) / per_sm if rest else 0.0)
-
-
 def filter_v2_cost_us(kg, ncol, groups, npq, tile, splits):
     """Modelled microseconds of the v2 filter gradient with this tile and split count."""
     bm, bn = tile
@@ -200,7 +194,7 @@ def filter_v2_cost_us(kg, ncol, groups, npq, tile, splits):
     wave_us = per_sm * bm * bn * length / (TILE_SPEED[tile] * SM_FMA_PER_US)
     dw_bytes = 4 * kg * groups * ncol
     reduce_us = LAUNCH_US + (splits + 1) * dw_bytes / HBM_BYTES_PER_US if splits > 1 else 0.0
-    return waves(blocks, per_sm) * wave_us + reduce_us
+    return waves(blocks, per_sm, TARGET_SMS) * wave_us + reduce_us
 
 
 def filter_v2_plan(kg, ncol, groups, npq, tile=None, splits=None):

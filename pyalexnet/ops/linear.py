@@ -15,7 +15,8 @@ whose op(B) is stored K-contiguous (fc8's forward, x @ w.T) plan with the 64x64 
 """
 from dataclasses import dataclass
 
-from ._launch import ceil_div, elementwise_grid, ELEMENTWISE_BLOCK, f32, i32, i64, require_float32
+from ._launch import (ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, f32, i32, i64,
+                      require_float32, waves)
 from .bias import bias_add, bias_backward
 
 KERNELS = "gemm.cu"
@@ -91,17 +92,14 @@ def _split_chunk(k, splits, bk):
 
 
 def gemm_cost_us(m, n, k, tile, splits, sms=DEFAULT_SMS):
-    """Modelled time: whole waves of resident blocks times K per split, plus the split-K
-    reduction's traffic. A last, partial wave costs in proportion to the blocks it puts on
-    each SM (one block alone on an SM runs at about half its share of a full wave)."""
+    """Modelled time: waves of resident blocks (``_launch.waves``: a last, partial wave
+    costs in proportion to the blocks it puts on each SM) times K per split, plus the
+    split-K reduction's traffic."""
     bm, bn, bk = TILES[tile]
     k_chunk, splits = _split_chunk(k, splits, bk)
     blocks = ceil_div(m, bm) * ceil_div(n, bn) * splits
-    occupancy = TILE_OCCUPANCY[tile]
-    full, rest = divmod(blocks, occupancy * sms)
-    waves = full + (0.1 + 0.9 * ceil_div(rest, sms) / occupancy if rest else 0.0)
     reduce = (splits + 1) * m * n * 4 / SPLIT_BYTES_PER_US if splits > 1 else 0.0
-    return waves * k_chunk * TILE_US_PER_K[tile] + reduce
+    return waves(blocks, TILE_OCCUPANCY[tile], sms) * k_chunk * TILE_US_PER_K[tile] + reduce
 
 
 def gemm_plan(m, n, k, sms=DEFAULT_SMS, tile=None, splits=None, b_k_contiguous=False):

@@ -26,7 +26,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from . import conv as _conv
 from . import linear as _linear
-from ._launch import ceil_div, elementwise_grid, i32, i64, require_float32
+from ._launch import ceil_div, elementwise_grid, i32, i64, require_float32, waves
 
 KERNELS = "winograd.cu"
 TILE_SIZES = (2, 4)
@@ -171,7 +171,7 @@ def _bgemm_us(ops, rows, cols, red, batch, tile):
     per_sm = BGEMM_BLOCKS_PER_SM[(ops, tile)]
     blocks = ceil_div(rows, bm) * ceil_div(cols, bn) * batch
     us_per_k = _linear.TILE_US_PER_K[tile] * per_sm / _linear.TILE_OCCUPANCY[tile]
-    return _conv.waves(blocks, per_sm) * red * us_per_k
+    return waves(blocks, per_sm, _conv.TARGET_SMS) * red * us_per_k
 
 
 def _bgemm_tile(ops, rows, cols, red, batch):
