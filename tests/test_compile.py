@@ -1,5 +1,7 @@
 """Every kernel file compiles for sm_80 and sm_90 with no warnings and zero spills, and
 through the emulation header with g++."""
+import functools
+
 import pytest
 
 from pyalexnet.backends import kernel_dir
@@ -12,13 +14,19 @@ from pyalexnet.ops.linear import TILE_OCCUPANCY
 FILES = kernel_files()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
-def test_nvcc_no_warnings_no_spills(path, arch):
+@functools.lru_cache(maxsize=None)
+def _nvcc(path, arch):
+    """One ptxas run per file and architecture for all the tests here."""
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("no CUDA compiler (nvcc) on this machine")
-    r = nvcc_check(path, arch, nvcc)
+    return nvcc_check(path, arch, nvcc)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_nvcc_no_warnings_no_spills(path, arch):
+    r = _nvcc(path, arch)
     assert r.kernels, f"{path.name}: ptxas reported no kernels\n{r.log}"
     spilled = [k.name for k in r.kernels if k.spill_stores or k.spill_loads]
     assert not spilled, f"{path.name} [{arch}] spills in {spilled}"
@@ -44,11 +52,7 @@ def test_occupancy_rules():
 
 
 def _sm90_usage(name):
-    nvcc = find_nvcc()
-    if nvcc is None:
-        pytest.skip("no CUDA compiler (nvcc) on this machine")
-    r = nvcc_check(kernel_dir() / name, "sm_90", nvcc)
-    return {k.name: k for k in r.kernels}
+    return {k.name: k for k in _nvcc(kernel_dir() / name, "sm_90").kernels}
 
 
 def test_planner_occupancy_tables_match_ptxas():
