@@ -53,6 +53,8 @@ class Case:
     bytes: float = 0.0         # memory-bound ops: GB/s
     tol: float = 1e-4
     repeatable: bool = True    # the same output on every call (not so for in-place SGD)
+    replaces: str = ""         # the case of the kernel version this one supersedes: the
+                               # run also prints this one's time over that one's
 
 
 @dataclass
@@ -176,12 +178,53 @@ class Builder:
                  expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
                      DY, W, x.shape, s, p, g)),
                  baseline=self.timed(bwd_data)),
-            Case(f"{name} backward filter", shape, flops=flops,
-                 ours=lambda: conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g),
+        ] + [
+            # each version's workspace allocated once, as the model does
+            Case(f"{name} backward filter v{v}", shape, flops=flops,
+                 replaces=f"{name} backward filter v{v - 1}" if v > 1 else "",
+                 ours=lambda v=v, ws=be.empty((max(1, conv.conv2d_backward_filter_workspace_size(
+                     x.shape, w.shape, s, p, g, version=v)),)):
+                     conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g, version=v,
+                                                 workspace=ws),
                  expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
                      X, DY, w.shape, s, p, g)),
-                 baseline=self.timed(bwd_filter)),
+                 baseline=self.timed(bwd_filter))
+            for v in conv.FILTER_VERSIONS
+        ] + self.winograd(name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter)
+
+    def winograd(self, name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter):
+        """Each pass of a 3x3 stride-1 layer through F(2x2) and F(4x4), against the implicit
+        GEMM (ratio printed) and cuDNN; validated against float64, as every case is (cuDNN's
+        own Winograd/FFT results are approximations too)."""
+        if tuple(w.shape[2:]) != (3, 3) or s != 1 or p > 2:
+            return []
+        be = self.be
+        X, W, DY = self.host64(x), self.host64(w), self.host64(dy)
+        passes = [
+            ("forward", "forward", fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g),
+             lambda a, ws: conv.conv2d_forward(be, x, w, None, s, p, g, algo=a, workspace=ws)),
+            ("backward_data", "backward data", bwd_data,
+             lambda: conv.conv2d_backward_data_reference(DY, W, x.shape, s, p, g),
+             lambda a, ws: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g, algo=a,
+                                                     workspace=ws)),
+            ("backward_filter", "backward filter", bwd_filter,
+             lambda: conv.conv2d_backward_filter_reference(X, DY, w.shape, s, p, g),
+             lambda a, ws: conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g, algo=a,
+                                                       workspace=ws)),
         ]
+        cases = []
+        for pass_, label, torch_fn, ref, run in passes:
+            gemm_case = f"{name} {label}" + (" v2" if pass_ == "backward_filter" else "")
+            for m in (2, 4):
+                algo = f"winograd{m}"
+                ws = be.empty((conv.conv2d_workspace_size(pass_, x.shape, w.shape, s, p, g,
+                                                          algo=algo),))
+                cases.append(Case(
+                    f"{name} {label} {algo}", shape, flops=flops, replaces=gemm_case,
+                    tol=1e-3,  # F(4x4) rounds more (tests/test_winograd.py bounds it)
+                    ours=lambda run=run, algo=algo, ws=ws: run(algo, ws),
+                    expected=self.exact(torch_fn, ref), baseline=self.timed(torch_fn)))
+        return cases
 
     def fc(self, name, n_in, n_out):
         be = self.be
@@ -200,8 +243,14 @@ class Builder:
         def bwd_weight(T):
             return T(dy).T @ T(x)
 
+        # the forward as planned before K-contiguous weights had their own tile (64k)
+        old = linear.gemm_plan(self.batch, n_out, n_in)
         return [
+            Case(f"{name} forward previous plan", shape, flops=flops,
+                 ours=lambda: linear.gemm(be, x, w, trans_b=True, tile=old.tile, splits=old.splits),
+                 expected=self.exact(fwd, lambda: X @ W.T), baseline=self.timed(fwd)),
             Case(f"{name} forward", shape, flops=flops, ours=lambda: linear.linear_forward(be, x, w),
+                 replaces=f"{name} forward previous plan",
                  expected=self.exact(fwd, lambda: X @ W.T), baseline=self.timed(fwd)),
             Case(f"{name} backward data", shape, flops=flops,
                  ours=lambda: linear.linear_backward_data(be, dy, w),
@@ -256,10 +305,14 @@ class Builder:
             Case(f"{name} forward", shape, bytes=float(x.nbytes + y.nbytes), baseline=fwd,
                  ours=lambda: pool.maxpool_forward(be, x, 3, 2),
                  expected=self.reference(lambda: pool.maxpool_forward_reference(X, 3, 2))),
-            Case(f"{name} backward", shape, bytes=float(2 * x.nbytes + 2 * y.nbytes), baseline=bwd,
-                 ours=lambda: pool.maxpool_backward(be, x, y, dy, 3, 2),
+        ] + [
+            # bytes: what v1 reads and writes (v2 does not read y); the same for both rows
+            Case(f"{name} backward v{v}", shape, bytes=float(2 * x.nbytes + 2 * y.nbytes),
+                 baseline=bwd, replaces=f"{name} backward v{v - 1}" if v > 1 else "",
+                 ours=lambda v=v: pool.maxpool_backward(be, x, y, dy, 3, 2, version=v),
                  expected=self.reference(lambda: pool.maxpool_backward_reference(
-                     X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2))),
+                     X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2)))
+            for v in pool.BACKWARD_VERSIONS
         ]
 
     def relu(self):
@@ -392,7 +445,17 @@ def run(args):
             failures.append(c.name)
         results.append(r)
         print_row(r)
-    return be, batch, small, torch, results, failures
+    ratios = version_ratios(cases, results)
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio:.2f} x the time of {next(c.replaces for c in cases if c.name == name)}")
+    return be, batch, small, torch, results, failures, ratios
+
+
+def version_ratios(cases, results):
+    """{new case: its time / the time of the version it replaces}, both from this run."""
+    times = {r.name: r.ours_ms for r in results}
+    return {c.name: times[c.name] / times[c.replaces] for c in cases
+            if c.replaces and c.name in times and times.get(c.replaces)}
 
 
 def device_name(be):
@@ -445,7 +508,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/...)")
     args = ap.parse_args(argv)
     print_header()
-    be, batch, small, torch, results, failures = run(args)
+    be, batch, small, torch, results, failures, ratios = run(args)
     name = device_name(be)
     stamp = datetime.datetime.now(datetime.timezone.utc)
     slug = "-".join(name.lower().split()) if be.name == "cuda" else f"cpu-{be.name}"
@@ -459,7 +522,8 @@ def main(argv=None):
         "baseline": "PyTorch cuDNN/cuBLAS, FP32, TF32 off" if torch else None,
         "timing": "CUDA events, median, L2 flushed between repeats" if be.name == "cuda" else "wall clock, median",
         "repeats": args.repeats, "geomean_ratio": float(np.exp(np.mean(np.log(with_base)))) if with_base else None,
-        "validation_failures": failures, "results": [asdict(r) for r in results]}
+        "validation_failures": failures, "version_ratios": ratios,
+        "results": [asdict(r) for r in results]}
     out.write_text(json.dumps(summary, indent=1))
     if with_base:
         print(f"geometric mean of ours/baseline time: {summary['geomean_ratio']:.2f}")

@@ -442,6 +442,23 @@ CONV_ENTRY_POINTS(64, 128)
 CONV_ENTRY_POINTS(64, 64)
 #undef CONV_ENTRY_POINTS
 
+// Filter gradient v2: the same product, with a register cap per tile so that a known
+// number of blocks stays resident per SM (the launcher's split model counts on it:
+// FILTER_V2_BLOCKS_PER_SM in pyalexnet/ops/conv.py). v1's 128x128 tile takes 129
+// registers on sm_90, so one block (8 warps) per SM; capped at 128 it spills, so v2 has
+// no 128x128 tile. Partials go to a caller-owned workspace (the launcher's job).
+#define CONV_FILTER_V2(BM, BN, MIN_BLOCKS)                                                  \
+  extern "C" __global__ void __launch_bounds__(CONV_THREADS, MIN_BLOCKS)                    \
+      conv_bwd_filter_v2_##BM##x##BN(const float* __restrict__ x, const float* __restrict__ dy, \
+                                     float* __restrict__ ws, CONV_DIM_PARAMS, int split_len) { \
+    conv_bwd_filter<BM, BN>(x, dy, ws, CONV_DIM_ARGS, split_len);                           \
+  }
+
+CONV_FILTER_V2(128, 64, 3)
+CONV_FILTER_V2(64, 128, 3)
+CONV_FILTER_V2(64, 64, 5)
+#undef CONV_FILTER_V2
+
 // dw[i] = sum over splits s = 0, 1, ... of ws[s][i], always in that order (deterministic).
 extern "C" __global__ void conv_bwd_filter_reduce(const float* __restrict__ ws,
                                                   float* __restrict__ dw, int splits,
@@ -455,3 +472,28 @@ extern "C" __global__ void conv_bwd_filter_reduce(const float* __restrict__ ws,
 
 #undef CONV_DIM_PARAMS
 #undef CONV_DIM_ARGS
+
+// v2 reduction: four consecutive weights per thread (float4 loads and store) when the
+// filter tensor's size is a multiple of 4, so each split's slice is read in 16-byte
+// pieces; the same order of additions as conv_bwd_filter_reduce, hence the same bits.
+extern "C" __global__ void conv_bwd_filter_reduce_v2(const float* __restrict__ ws,
+                                                     float* __restrict__ dw, int splits,
+                                                     long long total) {
+  if (total % 4 == 0) {
+    const float4* w4 = reinterpret_cast<const float4*>(ws);
+    PA_GRID_STRIDE(i, total / 4) {
+      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int s = 0; s < splits; ++s) {
+        const float4 v = __ldg(w4 + (s * (total / 4) + i));
+        acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
+      }
+      reinterpret_cast<float4*>(dw)[i] = acc;
+    }
+  } else {
+    PA_GRID_STRIDE(i, total) {
+      float acc = 0.0f;
+      for (int s = 0; s < splits; ++s) acc += __ldg(ws + (s * total + i));
+      dw[i] = acc;
+    }
+  }
+}

@@ -9,13 +9,18 @@
 // Forward: one thread per output, grid-stride; a warp's loads are rows of `stride`-strided
 // floats along W (coalesced up to the stride), and overlapping windows hit in L1.
 //
-// Backward is a gather, with no atomics: one thread per INPUT element sums dy over the
-// windows (ascending p, then q) that it wins, so every dx is written once, in a fixed
-// order. A window is won by x[h,w] iff x[h,w] equals the window's maximum y[p,q] and no
-// earlier element of the window does; the forward output y gives the maximum, so the
-// window is only rescanned (up to x[h,w]) in the rare case of a match (ties, constant
-// regions such as ReLU zeros). y must be the forward output of x (max is exact, so every
-// backend produces the same y bitwise).
+// Backward is a gather, with no atomics, in two versions; both have one thread per INPUT
+// element sum dy over the windows (ascending p, then q) that it wins, so every dx is
+// written once, in a fixed order, and both give the same bits.
+//  v1: a window is won by x[h,w] iff x[h,w] equals the window's maximum y[p,q] and no
+//      earlier element of the window does; the window is rescanned (up to x[h,w]) on
+//      every match, and every winner matches, so a quarter of the threads rescan with
+//      divergent loops. y must be the forward output of x.
+//  v2: a block owns a tile of input rows (a band of one plane, or whole small planes);
+//      it first finds each covering window's winner (an index, from x as the forward
+//      does) and stages it with the window's dy in shared memory, then every thread
+//      compares its own index with its <= ceil(kernel/stride)^2 windows' winners. No
+//      rescans, y is not read, and consecutive threads write consecutive dx.
 #include "common.cuh"
 
 // v is the window maximum m for the winner rule: equal, or both NaN.
@@ -40,7 +45,7 @@ extern "C" __global__ void pool_max_forward(const float* __restrict__ x, float* 
   }
 }
 
-extern "C" __global__ void pool_max_backward(const float* __restrict__ x,
+extern "C" __global__ void pool_max_backward_v1(const float* __restrict__ x,
                                              const float* __restrict__ y,
                                              const float* __restrict__ dy,
                                              float* __restrict__ dx, int H, int W, int P, int Q,
@@ -77,5 +82,62 @@ extern "C" __global__ void pool_max_backward(const float* __restrict__ x,
       }
     }
     dx[i] = acc;
+  }
+}
+
+// v2 (see the file comment). Block b covers planes [plane0, plane0 + band_planes) and input
+// rows [h0, h0 + band_rows) of each (band_planes > 1 only with band_rows = H). Dynamic
+// shared memory: win_cap ints (winner index within the plane) then win_cap floats (dy),
+// win_cap >= band_planes * (covering window rows) * Q; the launcher sizes it.
+#define POOL_BWD_THREADS 256
+extern "C" __global__ void __launch_bounds__(POOL_BWD_THREADS) pool_max_backward_v2(
+    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, int H,
+    int W, int P, int Q, int kernel, int stride, int planes, int band_rows, int band_planes,
+    int win_cap) {
+  extern __shared__ __align__(16) float pa_smem[];
+  int* win = reinterpret_cast<int*>(pa_smem);
+  float* gwin = pa_smem + win_cap;
+  const int bands = pa_ceil_div(H, band_rows);
+  const int band = blockIdx.x % bands, plane0 = (blockIdx.x / bands) * band_planes;
+  const int h0 = band * band_rows, h1 = min(H, h0 + band_rows);
+  const int nplanes = min(band_planes, planes - plane0);
+  // Window rows holding some row of [h0, h1): p*stride <= h1-1 and p*stride+kernel-1 >= h0.
+  const int p_lo = h0 < kernel ? 0 : (h0 - kernel) / stride + 1;
+  const int p_hi = min((h1 - 1) / stride, P - 1);
+  const int nwin = max(p_hi - p_lo + 1, 0) * Q;  // windows per plane (0: rows in no window)
+  for (int t = threadIdx.x; t < nplanes * nwin; t += blockDim.x) {
+    const int pl = t / nwin, o = t - pl * nwin, pr = o / Q, q = o - pr * Q, p = p_lo + pr;
+    const float* xp = x + (long long)(plane0 + pl) * H * W;
+    const int origin = p * stride * W + q * stride;
+    int best_i = origin;
+    float best = __ldg(xp + origin);
+    for (int r = 0; r < kernel; ++r) {
+      for (int s = 0; s < kernel; ++s) {
+        const int i = origin + r * W + s;
+        const float v = __ldg(xp + i);
+        if (v > best || (v != v && best == best)) {  // the forward's winner rule
+          best = v;
+          best_i = i;
+        }
+      }
+    }
+    win[t] = best_i;
+    gwin[t] = __ldg(dy + (long long)(plane0 + pl) * P * Q + p * Q + q);
+  }
+  __syncthreads();
+  const int rows_w = (h1 - h0) * W;
+  float* out = dx + ((long long)plane0 * H + h0) * W;  // rows_w contiguous per plane
+  for (int t = threadIdx.x; t < nplanes * rows_w; t += blockDim.x) {
+    const int pl = t / rows_w, o = t - pl * rows_w, hh = o / W, w = o - hh * W, h = h0 + hh;
+    const int pa = h < kernel ? 0 : (h - kernel) / stride + 1, pb = min(h / stride, P - 1);
+    const int qa = w < kernel ? 0 : (w - kernel) / stride + 1, qb = min(w / stride, Q - 1);
+    const int me = h * W + w;
+    const int* wp = win + pl * nwin - p_lo * Q;
+    const float* gp = gwin + pl * nwin - p_lo * Q;
+    float acc = 0.0f;
+    for (int p = pa; p <= pb; ++p)
+      for (int q = qa; q <= qb; ++q)
+        if (wp[p * Q + q] == me) acc += gp[p * Q + q];
+    out[(long long)pl * H * W + o] = acc;
   }
 }

@@ -2,9 +2,13 @@
 
     python -m pyalexnet.compile_check [kernels/foo.cu ...]
 
-nvcc must report no warnings and zero spill stores/loads; the per-kernel register and
-shared-memory use it prints (``--resource-usage``) are shown. g++ checks the same source
-against kernels/emu/cuda_emu.h, the way the emulator builds it.
+nvcc must report no warnings and zero spill stores/loads. Per kernel and architecture it
+prints what ptxas reports (registers, spills, static shared memory per block) and the
+occupancy that follows: resident blocks and warps per SM, and what limits them. The block
+size is the kernel's __launch_bounds__ where it declares one, else 256 (the elementwise
+block; marked "assumed"); kernels with dynamic shared memory are marked "+dyn" (their
+occupancy counts only the static part). g++ checks the same source against
+kernels/emu/cuda_emu.h, the way the emulator builds it.
 """
 from __future__ import annotations
 
@@ -23,6 +27,63 @@ ARCHS = ("sm_80", "sm_90")
 _FUNC = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGS = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+# In the macro-expanded source: a kernel's launch bounds and whether it has dynamic shared memory.
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s+)?'
+                     r'void\s+(?:__launch_bounds__\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s+)?(\w+)\s*\(')
+_DYN = re.compile(r"extern\s+__shared__")
+DEFAULT_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class ArchLimits:
+    """Per-SM resources (CUDA C Programming Guide, compute capability tables)."""
+    regs: int = 65536
+    reg_unit: int = 256       # registers are allocated per warp in units of this many
+    max_warps: int = 64
+    max_blocks: int = 32
+    smem: int = 233472        # bytes of shared memory per SM usable by blocks
+    smem_reserved: int = 1024  # the runtime's per-block reservation
+    smem_unit: int = 128
+
+
+LIMITS = {"sm_80": ArchLimits(smem=167936), "sm_90": ArchLimits()}
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    blocks: int   # resident blocks per SM
+    warps: int    # resident warps per SM
+    limit: str    # what bounds it: registers, shared memory, warps or blocks
+
+
+def occupancy(registers, threads, smem_bytes, arch="sm_90") -> Occupancy:
+    """Resident blocks per SM for a kernel using ``registers`` per thread and
+    ``smem_bytes`` of shared memory per block, launched with ``threads`` per block."""
+    lim = LIMITS[arch]
+    warps = -(-threads // 32)
+    per_warp = -(-max(registers, 1) * 32 // lim.reg_unit) * lim.reg_unit
+    smem = -(-smem_bytes // lim.smem_unit) * lim.smem_unit + lim.smem_reserved
+    bounds = {"registers": lim.regs // per_warp // warps,
+              "shared memory": lim.smem // smem,
+              "warps": lim.max_warps // warps,
+              "blocks": lim.max_blocks}
+    limit = min(bounds, key=bounds.get)
+    return Occupancy(bounds[limit], bounds[limit] * warps, limit)
+
+
+def launch_info(path):
+    """{kernel: (block threads or None, uses dynamic shared memory)} from the file's
+    macro-expanded source (kernels stamped out by a macro included)."""
+    p = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-nostdinc", f"-I{kernel_dir()}",
+                        str(path)], capture_output=True, text=True)
+    text = p.stdout if p.returncode == 0 else Path(path).read_text()
+    starts = [(m.start(), m) for m in _KERNEL.finditer(text)] + [(len(text), None)]
+    info = {}
+    for (pos, m), (nxt, _) in zip(starts, starts[1:]):
+        threads = m.group(1) or m.group(3)
+        info[m.group(5)] = (int(threads) if threads else None, bool(_DYN.search(text, pos, nxt)))
+    return info
 
 
 @dataclass
@@ -32,6 +93,11 @@ class KernelUsage:
     registers: int = 0
     spill_stores: int = 0
     spill_loads: int = 0
+    smem: int = 0          # static shared memory per block, bytes
+    threads: int = 0       # block size the occupancy assumes
+    assumed: bool = True   # no __launch_bounds__: DEFAULT_BLOCK threads
+    dynamic_smem: bool = False
+    occupancy: Occupancy | None = None
 
 
 @dataclass
@@ -76,6 +142,8 @@ def parse_ptxas(log: str):
         m = _REGS.search(line)
         if m:
             cur.registers = int(m.group(1))
+            m = _SMEM.search(line)
+            cur.smem = int(m.group(1)) if m else 0
     return kernels
 
 
@@ -89,6 +157,13 @@ def nvcc_check(path, arch, nvcc=None) -> CheckResult:
         p = subprocess.run(cmd, capture_output=True, text=True)
     log = p.stdout + p.stderr
     kernels = parse_ptxas(log)
+    info = launch_info(path)
+    for k in kernels:
+        threads, k.dynamic_smem = info.get(k.name, (None, False))
+        k.assumed = threads is None
+        k.threads = threads or DEFAULT_BLOCK
+        if k.arch in LIMITS:
+            k.occupancy = occupancy(k.registers, k.threads, k.smem, k.arch)
     warned = re.search(r"\bwarning\b", log, re.I) is not None
     res = CheckResult(str(path), arch, p.returncode == 0 and not warned, log, kernels)
     res.ok = res.ok and res.spills == 0
@@ -103,6 +178,17 @@ def gxx_check(path) -> CheckResult:
     p = subprocess.run(cmd, capture_output=True, text=True)
     return CheckResult(str(path), "g++", p.returncode == 0 and not p.stderr.strip(),
                        p.stdout + p.stderr)
+
+
+def describe(k: KernelUsage) -> str:
+    """One report line: resources, then the occupancy they allow."""
+    line = (f"{k.name}: {k.registers} registers, spills {k.spill_stores}/{k.spill_loads} B, "
+            f"{k.smem} B shared/block{' +dyn' if k.dynamic_smem else ''}")
+    if k.occupancy:
+        o = k.occupancy
+        line += (f"; block {k.threads}{' (assumed)' if k.assumed else ''}: {o.blocks} blocks/SM, "
+                 f"{o.warps} warps/SM (limit: {o.limit})")
+    return line
 
 
 def main(argv=None):
@@ -120,7 +206,7 @@ def main(argv=None):
             status = "ok" if r.ok else "FAILED"
             print(f"{f.name} [{r.arch}]: {status}")
             for k in r.kernels:
-                print(f"    {k.name}: {k.registers} registers, spills {k.spill_stores}/{k.spill_loads} B")
+                print("    " + describe(k))
             if not r.ok:
                 failed = True
                 print("    " + r.log.strip().replace("\n", "\n    "))

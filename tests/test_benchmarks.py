@@ -23,7 +23,10 @@ def test_kernel_benchmark_small_on_emu(tmp_path):
                  "--out", str(out))
     result = json.loads(out.read_text())
     names = [r["name"] for r in result["results"]]
-    assert "conv5 backward filter" in names and "fc8 forward" in names and "sgd fc6 weights" in names
+    assert "conv5 backward filter v2" in names and "fc8 forward" in names and "sgd fc6 weights" in names
+    assert set(result["version_ratios"]) >= {"conv5 backward filter v2", "pool3 backward v2",
+                                             "fc8 forward", "conv5 forward winograd4",
+                                             "conv5 backward filter winograd2"}
     assert result["validation_failures"] == []
     assert all(r["validated_against"].startswith("NumPy reference") for r in result["results"])
     assert "wrote" in stdout

@@ -1,19 +1,32 @@
 """Every kernel file compiles for sm_80 and sm_90 with no warnings and zero spills, and
 through the emulation header with g++."""
+import functools
+
 import pytest
 
-from pyalexnet.compile_check import ARCHS, find_nvcc, gxx_check, kernel_files, nvcc_check
+from pyalexnet.backends import kernel_dir
+from pyalexnet.compile_check import (ARCHS, Occupancy, describe, find_nvcc, gxx_check,
+                                     kernel_files, nvcc_check, occupancy)
+from pyalexnet.ops.conv import FILTER_V2_BLOCKS_PER_SM
+from pyalexnet.ops.winograd import BGEMM_BLOCKS_PER_SM
+from pyalexnet.ops.linear import TILE_OCCUPANCY
 
 FILES = kernel_files()
+
+
+@functools.lru_cache(maxsize=None)
+def _nvcc(path, arch):
+    """One ptxas run per file and architecture for all the tests here."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("no CUDA compiler (nvcc) on this machine")
+    return nvcc_check(path, arch, nvcc)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_nvcc_no_warnings_no_spills(path, arch):
-    nvcc = find_nvcc()
-    if nvcc is None:
-        pytest.skip("no CUDA compiler (nvcc) on this machine")
-    r = nvcc_check(path, arch, nvcc)
+    r = _nvcc(path, arch)
     assert r.kernels, f"{path.name}: ptxas reported no kernels\n{r.log}"
     spilled = [k.name for k in r.kernels if k.spill_stores or k.spill_loads]
     assert not spilled, f"{path.name} [{arch}] spills in {spilled}"
@@ -24,3 +37,47 @@ def test_nvcc_no_warnings_no_spills(path, arch):
 def test_gxx_through_emulator_header(path):
     r = gxx_check(path)
     assert r.ok, f"{path.name}:\n{r.log}"
+
+
+def test_occupancy_rules():
+    """Hand-computed with the CUDA occupancy rules (sm_90: 64K registers in per-warp units
+    of 256, 228 kB shared memory, 1 kB reserved per block, 64 warps, 32 blocks)."""
+    assert occupancy(128, 256, 16896).blocks == 2   # 4096 registers a warp: 16 warps
+    assert occupancy(129, 256, 16896).blocks == 1   # rounds up to 136 a thread
+    assert occupancy(47, 256, 8704) == Occupancy(5, 40, "registers")
+    assert occupancy(32, 256, 100 * 1024) == Occupancy(2, 16, "shared memory")
+    assert occupancy(16, 64, 0) == Occupancy(32, 64, "warps")  # 32 blocks = 64 warps
+    assert occupancy(16, 32, 0) == Occupancy(32, 32, "blocks")
+    assert occupancy(32, 256, 100 * 1024, "sm_80").blocks == 1  # 164 kB on sm_80
+
+
+def _sm90_usage(name):
+    return {k.name: k for k in _nvcc(kernel_dir() / name, "sm_90").kernels}
+
+
+def test_planner_occupancy_tables_match_ptxas():
+    """The launchers' resident-blocks tables are what sm_90 ptxas gives the kernels."""
+    usage = _sm90_usage("conv.cu")
+    for (bm, bn), blocks in FILTER_V2_BLOCKS_PER_SM.items():
+        k = usage[f"conv_bwd_filter_v2_{bm}x{bn}"]
+        assert (k.threads, k.assumed) == (256, False)
+        assert k.occupancy.blocks == blocks, f"{k.name}: {k.registers} registers"
+    usage = _sm90_usage("winograd.cu")
+    for (ops, tile), blocks in BGEMM_BLOCKS_PER_SM.items():
+        k = usage[f"wino_bgemm_{ops}_{tile}"]
+        assert k.occupancy.blocks == blocks, f"{k.name}: {k.registers} registers"
+    usage = _sm90_usage("gemm.cu")
+    for tile, blocks in TILE_OCCUPANCY.items():
+        for ops in ("nn", "nt", "tn", "tt"):
+            k = usage[f"gemm_{ops}_{tile}"]
+            assert k.occupancy.blocks >= blocks, f"{k.name}: {k.registers} registers"
+
+
+def test_report_lists_every_kernel_with_occupancy():
+    usage = _sm90_usage("pool.cu")
+    assert set(usage) == {"pool_max_forward", "pool_max_backward_v1", "pool_max_backward_v2"}
+    v2 = usage["pool_max_backward_v2"]
+    assert v2.dynamic_smem and not v2.assumed and v2.threads == 256
+    assert usage["pool_max_forward"].assumed  # no __launch_bounds__
+    line = describe(v2)
+    assert "+dyn" in line and "blocks/SM" in line and "warps/SM" in line

@@ -4,10 +4,13 @@ from conftest import assert_matches_reference
 
 from pyalexnet.backends import get_backend
 from pyalexnet.gradcheck import assert_gradient_close, numeric_gradient
+from pyalexnet.ops import conv
 from pyalexnet.ops.conv import (
-    TILES, conv2d_backward_bias, conv2d_backward_bias_reference, conv2d_backward_data,
-    conv2d_backward_data_reference, conv2d_backward_filter, conv2d_backward_filter_reference,
-    conv2d_forward, conv2d_forward_reference, conv2d_output_shape, pick_splits)
+    FILTER_V2_BLOCKS_PER_SM, FILTER_VERSIONS, TARGET_SMS, TILES, conv2d_backward_bias,
+    conv2d_backward_bias_reference, conv2d_backward_data, conv2d_backward_data_reference,
+    conv2d_backward_filter, conv2d_backward_filter_reference,
+    conv2d_backward_filter_workspace_size, conv2d_forward, conv2d_forward_reference,
+    conv2d_output_shape, pick_splits)
 
 # (x shape, w shape, stride, pad, groups)
 ALEXNET = {
@@ -71,10 +74,14 @@ def _check_all_passes(be, rng, x_shape, w_shape, stride, pad, groups, tile=None)
     assert_matches_reference(y, ref, reduction=red_fwd, what="forward+bias+relu")
     assert np.all(y[ref == 0] == 0), "fused ReLU let a negative through"
     red_filter = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    dw = conv2d_backward_filter(be, X, DY, w_shape, stride, pad, groups, tile=tile)
-    assert_matches_reference(be.to_numpy(dw),
-                             conv2d_backward_filter_reference(x64, dy64, w_shape, stride, pad, groups),
-                             reduction=red_filter, what="backward filter")
+    ref = conv2d_backward_filter_reference(x64, dy64, w_shape, stride, pad, groups)
+    for version in FILTER_VERSIONS:
+        if version == 2 and tile is not None and tile not in FILTER_V2_BLOCKS_PER_SM:
+            continue  # v2 has no such tile
+        dw = conv2d_backward_filter(be, X, DY, w_shape, stride, pad, groups, tile=tile,
+                                    version=version)
+        assert_matches_reference(be.to_numpy(dw), ref, reduction=red_filter,
+                                 what=f"backward filter v{version}")
     db = conv2d_backward_bias(be, DY)
     assert_matches_reference(be.to_numpy(db), conv2d_backward_bias_reference(dy64),
                              reduction=red_filter, what="backward bias")
@@ -156,7 +163,8 @@ def test_numpy_backend_runs_the_reference(rng):
                                   conv2d_forward_reference(x, w, b, *ODD[1][2:], relu=True))
 
 
-def test_filter_gradient_splits(kernel_backend, rng):
+@pytest.mark.parametrize("version", FILTER_VERSIONS, ids=lambda v: f"v{v}")
+def test_filter_gradient_splits(kernel_backend, rng, version):
     """Any split count gives the reference; repeated runs give identical bits."""
     be = kernel_backend
     case = ((4, 6, 19, 17), (10, 3, 3, 4), 1, 1, 2)
@@ -164,11 +172,55 @@ def test_filter_gradient_splits(kernel_backend, rng):
     ref = conv2d_backward_filter_reference(*_f64(x, dy), *case[1:])
     X, DY = be.asarray(x), be.asarray(dy)
     for splits in (1, 2, 7, 64):
-        dw = conv2d_backward_filter(be, X, DY, *case[1:], splits=splits)
+        dw = conv2d_backward_filter(be, X, DY, *case[1:], splits=splits, version=version)
         assert_matches_reference(be.to_numpy(dw), ref, reduction=dy.size // 10, what=f"{splits} splits")
-    first = be.to_numpy(conv2d_backward_filter(be, X, DY, *case[1:]))
+    first = be.to_numpy(conv2d_backward_filter(be, X, DY, *case[1:], version=version))
     for _ in range(2):
-        np.testing.assert_array_equal(be.to_numpy(conv2d_backward_filter(be, X, DY, *case[1:])), first)
+        again = conv2d_backward_filter(be, X, DY, *case[1:], version=version)
+        np.testing.assert_array_equal(be.to_numpy(again), first)
+
+
+@pytest.mark.parametrize("version", FILTER_VERSIONS, ids=lambda v: f"v{v}")
+def test_filter_gradient_uses_the_callers_workspace(kernel_backend, rng, version):
+    be = kernel_backend
+    case = ((3, 8, 21, 19), (12, 4, 3, 3), 1, 1, 2)  # 3*21*19 = 1197 pixels: v2 splits it
+    x, _, _, dy = _data(rng, *case)
+    need = conv2d_backward_filter_workspace_size(x.shape, *case[1:], version=version)
+    assert need and need % int(np.prod(case[1])) == 0  # whole partial sums
+    ws = be.asarray(np.full(need + 5, np.nan, np.float32))  # larger than needed is fine
+    dw = conv2d_backward_filter(be, be.asarray(x), be.asarray(dy), *case[1:], version=version,
+                                workspace=ws)
+    assert_matches_reference(be.to_numpy(dw),
+                             conv2d_backward_filter_reference(*_f64(x, dy), *case[1:]),
+                             reduction=dy.size // 12, what="dw through the workspace")
+    used = be.to_numpy(ws)
+    assert np.all(np.isfinite(used[:need])) and np.all(np.isnan(used[need:]))  # its partials
+    with pytest.raises(ValueError, match=f"at least {need} elements"):
+        conv2d_backward_filter(be, be.asarray(x), be.asarray(dy), *case[1:], version=version,
+                               workspace=ws[:need - 1])
+
+
+def test_workspace_is_zero_without_splits():
+    # one image of 4x4 outputs: too short a reduction to split
+    for version in FILTER_VERSIONS:
+        assert conv2d_backward_filter_workspace_size((1, 2, 4, 4), (3, 2, 1, 1),
+                                                     version=version) == 0
+    with pytest.raises(ValueError, match="version must be one of"):
+        conv2d_backward_filter_workspace_size((1, 2, 4, 4), (3, 2, 1, 1), version=3)
+
+
+@pytest.mark.parametrize("layer", ["conv2", "conv3", "conv4"])
+def test_filter_v2_plan_fills_the_gpu(layer):
+    """At batch 128 the v2 plan's blocks fill their waves of resident blocks (>= 90%)."""
+    x_shape, w_shape, stride, pad, groups = ALEXNET[layer]
+    x_shape = (128,) + x_shape[1:]
+    _, tile, splits, _ = conv._filter_plan(x_shape, w_shape, stride, pad, groups, 2, None, None)
+    kg, ncol = w_shape[0] // groups, int(np.prod(w_shape[1:]))
+    blocks = -(-kg // tile[0]) * -(-ncol // tile[1]) * groups * splits
+    slots = TARGET_SMS * FILTER_V2_BLOCKS_PER_SM[tile]
+    assert blocks / (-(-blocks // slots) * slots) >= 0.9
+    assert conv2d_backward_filter_workspace_size(x_shape, w_shape, stride, pad, groups,
+                                                 version=2) == splits * int(np.prod(w_shape))
 
 
 def test_split_choice():

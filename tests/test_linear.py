@@ -248,3 +248,27 @@ def test_linear_without_bias(kernel_backend, rng):
     y = linear_forward(be, be.asarray(x), be.asarray(w))
     assert_matches_reference(be.to_numpy(y), x.astype(np.float64) @ w.T.astype(np.float64),
                              reduction=20)
+
+
+def test_small_nt_products_plan_the_64k_tile():
+    """fc8's forward (x @ w.T at batch 128) reads w K-contiguous: the BK-32 tile, split to
+    fill the GPU; the fc6/fc7 forwards, batch 2 and non-transposed products keep theirs."""
+    p = gemm_plan(128, 1000, 4096, b_k_contiguous=True)
+    assert p.tile == "64k" and p.splits > 1
+    assert p.grid[0] * p.grid[1] * p.grid[2] >= 132 * 3  # about a full wave of 4 per SM
+    assert p.k_chunk % 32 == 0
+    assert gemm_plan(128, 1000, 4096).tile == "128"
+    assert gemm_plan(128, 4096, 4096, b_k_contiguous=True).tile == "128"
+    assert gemm_plan(2, 1000, 4096, b_k_contiguous=True).tile == "8"
+
+
+def test_fc8_forward_through_the_64k_tile(kernel_backend, rng):
+    """fc8 at batch 16 (more than 8 rows: the 64k plan) against float64."""
+    be = kernel_backend
+    assert gemm_plan(16, 1000, 4096, b_k_contiguous=True).tile == "64k"
+    x = rng.standard_normal((16, 4096)).astype(np.float32)
+    w = (rng.standard_normal((1000, 4096)) * 0.01).astype(np.float32)
+    b = rng.standard_normal(1000).astype(np.float32)
+    y = be.to_numpy(linear_forward(be, be.asarray(x), be.asarray(w), be.asarray(b)))
+    ref = linear_forward_reference(*(a.astype(np.float64) for a in (x, w, b)))
+    assert_matches_reference(y, ref, reduction=4096, what="fc8 forward")

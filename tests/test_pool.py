@@ -4,7 +4,9 @@ from conftest import assert_matches_reference
 
 from pyalexnet.backends import get_backend
 from pyalexnet.gradcheck import assert_gradient_close, numeric_gradient
-from pyalexnet.ops.pool import (maxpool_backward, maxpool_backward_reference, maxpool_forward,
+from pyalexnet.ops import pool
+from pyalexnet.ops.pool import (BACKWARD_VERSIONS, backward_v2_tiles, maxpool_backward,
+                                maxpool_backward_reference, maxpool_forward,
                                 maxpool_forward_reference, maxpool_output_shape)
 
 ALEXNET_CASES = [((2, 96, 55, 55), 27), ((2, 256, 27, 27), 13), ((2, 256, 13, 13), 6)]
@@ -57,12 +59,12 @@ def test_reference_forward_is_the_window_max(rng):
                 y[:, :, p, q], x[:, :, 2 * p:2 * p + 3, 2 * q:2 * q + 3].max(axis=(2, 3)))
 
 
-def _check_kernel(be, x, dy_seed, kernel, stride):
+def _check_kernel(be, x, dy_seed, kernel, stride, version=None):
     y = maxpool_forward(be, be.asarray(x), kernel, stride)
     # max is exact: the kernel must give the reference's values bit for bit.
     np.testing.assert_array_equal(be.to_numpy(y), maxpool_forward_reference(x, kernel, stride))
     dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(np.float32)
-    dx = maxpool_backward(be, be.asarray(x), y, be.asarray(dy), kernel, stride)
+    dx = maxpool_backward(be, be.asarray(x), y, be.asarray(dy), kernel, stride, version)
     ref = maxpool_backward_reference(x.astype(np.float64), None, dy.astype(np.float64),
                                      kernel, stride)
     overlap = -(-kernel // stride) ** 2  # windows one input can win
@@ -70,41 +72,79 @@ def _check_kernel(be, x, dy_seed, kernel, stride):
     return be.to_numpy(dx)
 
 
+VERSIONS = pytest.mark.parametrize("version", BACKWARD_VERSIONS, ids=lambda v: f"v{v}")
+
+
+@VERSIONS
 @pytest.mark.parametrize("shape,out", ALEXNET_CASES,
                          ids=[f"{'x'.join(map(str, s))}to{o}" for s, o in ALEXNET_CASES])
-def test_kernel_alexnet_shapes(kernel_backend, rng, shape, out):
+def test_kernel_alexnet_shapes(kernel_backend, rng, shape, out, version):
     assert maxpool_output_shape(shape, 3, 2)[2:] == (out, out)
     # After ReLU: many zeros, so ties in whole windows are common.
     x = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
-    _check_kernel(kernel_backend, x, 1, 3, 2)
+    _check_kernel(kernel_backend, x, 1, 3, 2, version)
 
 
+@VERSIONS
 @pytest.mark.parametrize("case", RANDOM_CASES, ids=_case_id)
-def test_kernel_random_shapes(kernel_backend, rng, case):
+def test_kernel_random_shapes(kernel_backend, rng, case, version):
     shape, kernel, stride = case
-    _check_kernel(kernel_backend, rng.standard_normal(shape).astype(np.float32), 2, kernel, stride)
+    _check_kernel(kernel_backend, rng.standard_normal(shape).astype(np.float32), 2, kernel,
+                  stride, version)
 
 
+@VERSIONS
 @pytest.mark.parametrize("case", RANDOM_CASES[1:7], ids=_case_id)
-def test_kernel_many_ties(kernel_backend, rng, case):
+def test_kernel_many_ties(kernel_backend, rng, case, version):
     shape, kernel, stride = case
     x = rng.integers(0, 3, shape).astype(np.float32)  # three values: ties everywhere
-    _check_kernel(kernel_backend, x, 3, kernel, stride)
+    _check_kernel(kernel_backend, x, 3, kernel, stride, version)
 
 
-def test_tie_rule_constant_input(backend):
+def test_v2_tiles_cover_alexnet_layouts():
+    # pool1: two bands of rows per plane; pool3: 12 whole planes per block, the last partial.
+    assert backward_v2_tiles((2, 96, 55, 55)) == (28, 1, 14 * 27, 2 * 192)
+    rows, planes, cap, blocks = backward_v2_tiles((2, 256, 13, 13))
+    assert (rows, planes, cap, blocks) == (13, 12, 12 * 6 * 6, 43)
+
+
+@pytest.mark.parametrize("case", RANDOM_CASES[1:], ids=_case_id)
+def test_v2_many_bands(kernel_backend, rng, monkeypatch, case):
+    """Tiny tiles: several bands per plane, so windows straddle bands and are found twice."""
+    monkeypatch.setattr(pool, "V2_TILE_ELEMS", 24)
+    shape, kernel, stride = case
+    assert backward_v2_tiles(shape, kernel, stride)[3] >= 2 * shape[0] * shape[1]  # >= 2 bands
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    ties = _check_kernel(kernel_backend, x, 4, kernel, stride, 2)
+    np.testing.assert_array_equal(
+        ties, _check_kernel(kernel_backend, x, 4, kernel, stride, 1))  # the same bits as v1
+
+
+def test_v2_falls_back_to_v1_on_wide_rows(kernel_backend, rng):
+    shape = (1, 1, 2, 6200)  # 6200 windows in one row: 49.6 kB of winners and gradients
+    assert backward_v2_tiles(shape, 1, 1) is None
+    _check_kernel(kernel_backend, rng.standard_normal(shape).astype(np.float32), 5, 1, 1)
+    be = kernel_backend
+    x = be.asarray(np.zeros(shape, np.float32))
+    with pytest.raises(ValueError, match="use version=1"):
+        maxpool_backward(be, x, x, x, 1, 1, version=2)
+
+
+@VERSIONS
+def test_tie_rule_constant_input(backend, version):
     """The first maximum in row-major window order gets the whole gradient."""
     be = backend
     x = np.ones((1, 1, 5, 5), np.float32)
     dy = np.array([[[[1, 2], [4, 8]]]], np.float32)
     y = maxpool_forward(be, be.asarray(x), 3, 2)
-    dx = be.to_numpy(maxpool_backward(be, be.asarray(x), y, be.asarray(dy), 3, 2))
+    dx = be.to_numpy(maxpool_backward(be, be.asarray(x), y, be.asarray(dy), 3, 2, version))
     want = np.zeros((5, 5), np.float32)
     want[0, 0], want[0, 2], want[2, 0], want[2, 2] = 1, 2, 4, 8  # each window's top-left
     np.testing.assert_array_equal(dx[0, 0], want)
 
 
-def test_tie_rule_later_and_shared_maxima(backend):
+@VERSIONS
+def test_tie_rule_later_and_shared_maxima(backend, version):
     be = backend
     x = np.zeros((1, 1, 3, 5), np.float32)
     x[0, 0, 1, 2] = 5.0  # the shared column: wins both windows
@@ -112,13 +152,14 @@ def test_tie_rule_later_and_shared_maxima(backend):
     x[0, 0, 0, 4] = 5.0  # a tie before (1, 2) in window 1's row-major order: wins window 1
     dy = np.array([[[[3, 7]]]], np.float32)
     y = maxpool_forward(be, be.asarray(x), 3, 2)
-    dx = be.to_numpy(maxpool_backward(be, be.asarray(x), y, be.asarray(dy), 3, 2))
+    dx = be.to_numpy(maxpool_backward(be, be.asarray(x), y, be.asarray(dy), 3, 2, version))
     want = np.zeros((3, 5), np.float32)
     want[1, 2], want[0, 4] = 3, 7
     np.testing.assert_array_equal(dx[0, 0], want)
 
 
-def test_signed_zeros_tie(backend):
+@VERSIONS
+def test_signed_zeros_tie(backend, version):
     be = backend
     x = np.array([[[[-0.0, 0.0]]]], np.float32)
     y = be.to_numpy(maxpool_forward(be, be.asarray(x), 1, 1))
@@ -126,11 +167,13 @@ def test_signed_zeros_tie(backend):
     x2 = be.asarray(np.array([[[[-0.0, 0.0], [0.0, 0.0]]]], np.float32))
     y2 = maxpool_forward(be, x2, 2, 2)
     assert np.signbit(be.to_numpy(y2)[0, 0, 0, 0])  # the first zero, -0, is the output
-    dx = be.to_numpy(maxpool_backward(be, x2, y2, be.asarray(np.ones((1, 1, 1, 1))), 2, 2))
+    ones = be.asarray(np.ones((1, 1, 1, 1)))
+    dx = be.to_numpy(maxpool_backward(be, x2, y2, ones, 2, 2, version))
     np.testing.assert_array_equal(dx[0, 0], [[1, 0], [0, 0]])
 
 
-def test_nan_wins_its_windows(backend):
+@VERSIONS
+def test_nan_wins_its_windows(backend, version):
     be = backend
     x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
     x[0, 0, 1, 1] = np.nan  # in window (0, 0) only
@@ -140,20 +183,23 @@ def test_nan_wins_its_windows(backend):
     np.testing.assert_array_equal(np.isnan(y[0, 0]), [[True, True], [False, True]])
     assert y[0, 0, 1, 0] == 22
     dy = np.array([[[[1, 2], [4, 8]]]], np.float32)
-    dx = be.to_numpy(maxpool_backward(be, be.asarray(x), be.asarray(y), be.asarray(dy), 3, 2))
+    dx = be.to_numpy(maxpool_backward(be, be.asarray(x), be.asarray(y), be.asarray(dy), 3, 2,
+                                      version))
     want = np.zeros((5, 5), np.float32)
     want[1, 1], want[2, 3], want[4, 2] = 1, 2 + 8, 4
     np.testing.assert_array_equal(dx[0, 0], want)
 
 
-def test_backward_is_deterministic(kernel_backend, rng):
+@VERSIONS
+def test_backward_is_deterministic(kernel_backend, rng, version):
     be = kernel_backend
     x = be.asarray(rng.integers(0, 2, (2, 5, 15, 13)).astype(np.float32))
     y = maxpool_forward(be, x, 3, 1)
     dy = be.asarray(rng.standard_normal(y.shape).astype(np.float32))
-    first = be.to_numpy(maxpool_backward(be, x, y, dy, 3, 1))
+    first = be.to_numpy(maxpool_backward(be, x, y, dy, 3, 1, version))
     for _ in range(3):
-        np.testing.assert_array_equal(be.to_numpy(maxpool_backward(be, x, y, dy, 3, 1)), first)
+        np.testing.assert_array_equal(be.to_numpy(maxpool_backward(be, x, y, dy, 3, 1, version)),
+                                      first)
 
 
 @pytest.mark.parametrize("args,error,match", [
@@ -179,3 +225,5 @@ def test_bad_arrays_are_reported():
         maxpool_backward(be, x, y, np.zeros((1, 2, 3, 2), np.float32))
     with pytest.raises(ValueError, match="y has shape"):
         maxpool_backward(be, x, np.zeros((1, 2, 2, 3), np.float32), y)
+    with pytest.raises(ValueError, match="version must be one of"):
+        maxpool_backward(be, x, y, y, version=3)

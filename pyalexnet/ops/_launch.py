@@ -14,6 +14,15 @@ def ceil_div(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+def waves(blocks: int, per_sm: int, sms: int) -> float:
+    """A grid's time in units of one full wave of resident blocks (sms x per_sm). A last,
+    partial wave costs in proportion to the blocks it puts on the busiest SM, plus a tenth
+    for the tail (one block alone on an SM runs at about half its share of a full wave):
+    the launchers' cost models (gemm_plan, the conv filter gradient, Winograd) share it."""
+    full, rest = divmod(blocks, per_sm * sms)
+    return full + (0.1 + 0.9 * ceil_div(rest, sms) / per_sm if rest else 0.0)
+
+
 def require_float32(what, a):
     """The kernels read float32: say which array is not."""
     if a.dtype != np.float32:

@@ -14,8 +14,11 @@ import operator
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32
+from . import winograd
+from ._launch import (ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32,
+                      waves)
 from .bias import bias_backward
+from .linear import SPLIT_BYTES_PER_US as HBM_BYTES_PER_US  # partials: written, read once
 
 KERNELS = "conv.cu"
 THREADS = 256          # every conv kernel's block (CONV_THREADS)
@@ -34,6 +37,17 @@ DIRECT_MAX_CHANNELS = 16  # backward data: below this many channels per group, a
                           # would be mostly padding; the direct kernel runs instead
 MAX_GRID_YZ = 65535
 INT32_LIMIT = 2**31
+# Filter gradient, version 2 (version=2): tiles whose __launch_bounds__ guarantee these
+# resident blocks per SM (no 128x128: capped to two blocks it spills), and a split count
+# from a model of waves of resident blocks plus the split reduction's memory traffic.
+FILTER_VERSIONS = (1, 2)
+FILTER_V2_BLOCKS_PER_SM = {(128, 64): 3, (64, 128): 3, (64, 64): 5}
+SM_FMA_PER_US = 1.27e5   # FP32 FMAs per microsecond per H200 SM: half the peak (the H200
+                          # run measured our implicit GEMMs at 30-45% of it)
+LAUNCH_US = 3.0           # one more kernel launch (a reduction), assumed
+V2_MIN_SPLIT = 256        # reduction per split at least this long (amortises the epilogue)
+V2_MAX_SPLITS = 64
+MODEL_SLACK = 0.03        # cost differences below this fraction are noise in the model
 
 
 # ---- shapes and validation ----------------------------------------------------------------
@@ -169,10 +183,124 @@ def pick_splits(npq, tiles):
     return ceil_div(npq, length), length
 
 
-def _tile(tile):
+def filter_v2_cost_us(kg, ncol, groups, npq, tile, splits):
+    """Modelled microseconds of the v2 filter gradient with this tile and split count."""
+    bm, bn = tile
+    per_sm = FILTER_V2_BLOCKS_PER_SM[tile]
+    length = ceil_div(ceil_div(npq, splits), CHUNK) * CHUNK
+    splits = ceil_div(npq, length)
+    blocks = ceil_div(kg, bm) * ceil_div(ncol, bn) * groups * splits
+    # a wave: per_sm blocks share an SM, each bm x bn x length FMAs at the tile's speed
+    wave_us = per_sm * bm * bn * length / (TILE_SPEED[tile] * SM_FMA_PER_US)
+    dw_bytes = 4 * kg * groups * ncol
+    reduce_us = LAUNCH_US + (splits + 1) * dw_bytes / HBM_BYTES_PER_US if splits > 1 else 0.0
+    return waves(blocks, per_sm, TARGET_SMS) * wave_us + reduce_us
+
+
+def filter_v2_plan(kg, ncol, groups, npq, tile=None, splits=None):
+    """(tile, splits, split length) of the v2 filter gradient: the cheapest by
+    filter_v2_cost_us; tile / splits force a choice. Depends on the shape only."""
+    tiles = [_tile(tile, FILTER_V2_BLOCKS_PER_SM)] if tile else list(FILTER_V2_BLOCKS_PER_SM)
+    if splits is not None:
+        counts = [min(_as_int("splits", splits, 1), npq)]
+    else:
+        counts = range(1, max(1, min(V2_MAX_SPLITS, npq // V2_MIN_SPLIT)) + 1)
+    # Within the model's resolution, the fewest splits (the smallest workspace) win,
+    # then the first tile.
+    cost = {(t, c): filter_v2_cost_us(kg, ncol, groups, npq, t, c) for c in counts for t in tiles}
+    best = min(cost.values())
+    tile, splits = next(tc for tc, v in cost.items() if v <= best * (1 + MODEL_SLACK))
+    length = ceil_div(ceil_div(npq, splits), CHUNK) * CHUNK
+    return tile, ceil_div(npq, length), length
+
+
+def _filter_plan(x_shape, w_shape, stride, pad, groups, version, tile, splits):
+    """(kernel, tile, splits, split length) of the filter gradient; see conv2d_backward_filter."""
+    if version not in FILTER_VERSIONS:
+        raise ValueError(f"conv2d: backward filter version must be one of {FILTER_VERSIONS}, "
+                         f"got {version!r}")
+    n, k, p, q = _geometry(x_shape, w_shape, stride, pad, groups)
+    kg, ncol, npq = k // groups, int(np.prod(w_shape[1:])), n * p * q
+    if version == 2:
+        tile, splits, length = filter_v2_plan(kg, ncol, groups, npq, tile, splits)
+        return "conv_bwd_filter_v2_%dx%d" % tile, tile, splits, length
+    tile = _tile(tile) if tile else pick_tile(kg, ncol, groups, fill=False)
+    tiles = ceil_div(kg, tile[0]) * ceil_div(ncol, tile[1]) * groups
+    if splits is None:
+        splits, length = pick_splits(npq, tiles)
+    else:
+        splits = min(_as_int("splits", splits, 1), npq)
+        length = ceil_div(npq, splits)
+        splits = ceil_div(npq, length)  # no empty chunk
+    return "conv_bwd_filter_%dx%d" % tile, tile, splits, length
+
+
+ALGOS = ("gemm", "auto", "winograd2", "winograd4")
+
+
+def pick_algo(pass_, x_shape, w_shape, stride=1, pad=0, groups=1):
+    """"gemm", "winograd2" or "winograd4" for one pass ("forward", "backward_data",
+    "backward_filter") of a layer: the cheapest by a model of the implicit GEMM (its FMAs
+    at SM_FMA_PER_US on every SM) against winograd.Plan.cost_us (batched products, buffer
+    traffic, launches). Winograd only for 3x3 stride-1 layers with pad <= 2. Not checked
+    on a GPU: the ops default to "gemm"; pass algo="auto" to use this choice."""
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    n, k, p, q = _geometry(x_shape, w_shape, stride, pad, groups)
+    if tuple(w_shape[2:]) != (3, 3) or stride != 1 or pad > 2:
+        return "gemm"
+    fmas = n * k * p * q * int(np.prod(w_shape[1:]))
+    cost = {"gemm": fmas / (TARGET_SMS * SM_FMA_PER_US)}
+    for m in winograd.TILE_SIZES:
+        cost[f"winograd{m}"] = winograd.Plan(pass_, x_shape, w_shape, pad, groups, m).cost_us()
+    return min(cost, key=cost.get)  # ties: the first, gemm
+
+
+def _resolve_algo(algo, pass_, x_shape, w_shape, stride, pad, groups, tile):
+    if algo not in ALGOS:
+        raise ValueError(f"conv2d: algo must be one of {ALGOS}, got {algo!r}")
+    if algo == "auto":
+        return "gemm" if tile is not None else pick_algo(pass_, x_shape, w_shape, stride, pad,
+                                                         groups)
+    if algo != "gemm":
+        if tile is not None:
+            raise ValueError(f"conv2d: tile= selects an implicit-GEMM kernel; algo={algo!r} "
+                             "has none")
+        winograd.check_applicable(x_shape, w_shape, stride, pad, groups)
+    return algo
+
+
+def conv2d_workspace_size(pass_, x_shape, w_shape, stride=1, pad=0, groups=1, algo="gemm",
+                          version=1):
+    """float32 elements of the workspace= one pass needs with this algo ("auto" resolved
+    as the op resolves it); 0 for none. A model allocates the largest over its layers and
+    passes once, then hands it to every call."""
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    if pass_ not in winograd.PASSES:
+        raise ValueError(f"conv2d: pass must be one of {winograd.PASSES}, got {pass_!r}")
+    algo = _resolve_algo(algo, pass_, x_shape, w_shape, stride, pad, groups, None)
+    if algo != "gemm":
+        return winograd.winograd_workspace_size(pass_, x_shape, w_shape, pad, groups,
+                                                int(algo[-1]))
+    if pass_ == "backward_filter":
+        return conv2d_backward_filter_workspace_size(x_shape, w_shape, stride, pad, groups,
+                                                     version)
+    return 0
+
+
+def conv2d_backward_filter_workspace_size(x_shape, w_shape, stride=1, pad=0, groups=1,
+                                          version=1):
+    """float32 elements of the workspace conv2d_backward_filter needs for these shapes
+    (0: it writes dw directly). Allocate the largest over a model's layers once and pass
+    it as ``workspace=`` to every call; the plan depends on the shapes only."""
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    _, _, splits, _ = _filter_plan(x_shape, w_shape, stride, pad, groups, version, None, None)
+    return 0 if splits == 1 else splits * int(np.prod(w_shape))
+
+
+def _tile(tile, tiles=TILES):
     tile = tuple(tile)
-    if tile not in TILES:
-        raise ValueError(f"conv2d: no kernel for tile {tile}; choose one of {TILES}")
+    if tile not in tiles:
+        raise ValueError(f"conv2d: no kernel for tile {tile}; choose one of {tuple(tiles)}")
     return tile
 
 
@@ -199,15 +327,23 @@ def _dims(x_shape, w_shape, out_shape, stride, pad, groups):
 
 
 # ---- launchers -------------------------------------------------------------------------------
-def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None):
+def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None,
+                   algo="gemm", workspace=None):
     """y = conv(x, w) + b, then ReLU if ``relu`` (fused in the kernel's epilogue).
 
     tile: force a (BM, BN) kernel tile (tests, tuning); by default picked from the shape.
+    algo: "gemm" (implicit GEMM), "winograd2" / "winograd4" (F(2x2, 3x3) / F(4x4, 3x3),
+    3x3 stride-1 layers only) or "auto" (pick_algo). workspace: for Winograd, a float32
+    array of at least conv2d_workspace_size("forward", ...) elements.
     """
     out = _geometry(x.shape, w.shape, stride, pad, groups)
     k = out[1]
     if b is not None and tuple(b.shape) != (k,):
         raise ValueError(f"conv2d: bias of shape {tuple(b.shape)} for {k} filters")
+    algo = _resolve_algo(algo, "forward", x.shape, w.shape, stride, pad, groups, tile)
+    if algo != "gemm":
+        return winograd.winograd_forward(be, x, w, b, pad, groups, relu, int(algo[-1]),
+                                         workspace)
     if not be.runs_kernels:
         return conv2d_forward_reference(x, w, b, stride, pad, groups, relu)
     _check_kernel_args("forward", ("x", x), ("w", w), *([("b", b)] if b is not None else []))
@@ -222,15 +358,21 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     return y
 
 
-def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None):
+def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None,
+                         algo="gemm", workspace=None):
     """dx (N, C, H, W): the gradient of conv2d_forward with respect to its input.
 
     tile: a (BM, BN) GEMM tile or "direct"; by default the direct kernel for fewer than
     DIRECT_MAX_CHANNELS channels per group (conv1), else a tile picked from the shape.
+    algo, workspace: as for conv2d_forward (pass "backward_data").
     """
     x_shape = tuple(int(v) for v in x_shape)
     out = _geometry(x_shape, w.shape, stride, pad, groups)
     _check_dy(dy.shape, out)
+    algo = _resolve_algo(algo, "backward_data", x_shape, w.shape, stride, pad, groups, tile)
+    if algo != "gemm":
+        return winograd.winograd_backward_data(be, dy, w, x_shape, pad, groups, int(algo[-1]),
+                                               workspace)
     if not be.runs_kernels:
         return conv2d_backward_data_reference(dy, w, x_shape, stride, pad, groups)
     _check_kernel_args("backward data", ("dy", dy), ("w", w))
@@ -251,34 +393,53 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
 
 
 def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=None,
-                           splits=None):
+                           splits=None, version=1, workspace=None, algo="gemm"):
     """dw (K, C/groups, R, S), deterministic: the (n, p, q) reduction is cut into a fixed
     number of chunks (from the shape; ``splits`` overrides it) whose partial sums are added
-    in chunk order by a second kernel. No atomics, so every run gives the same bits."""
+    in chunk order by a second kernel. No atomics, so every run gives the same bits.
+
+    version: 1 (default: the earlier plan, pick_tile and pick_splits, so recorded training
+    runs keep their bits) or 2 (tile and splits from filter_v2_cost_us, on register-capped
+    kernels; not yet timed on a GPU). The two sum in different orders, so their results
+    differ in the last bits. workspace: a
+    float32 array of at least conv2d_backward_filter_workspace_size(...) elements (any
+    shape, C-contiguous) for the partial sums; without it one is allocated per call.
+    algo: as for conv2d_forward (pass "backward_filter"; size the workspace with
+    conv2d_workspace_size); splits then counts Winograd's tile chunks."""
     w_shape = tuple(int(v) for v in w_shape)
     out = _geometry(x.shape, w_shape, stride, pad, groups)
     _check_dy(dy.shape, out)
+    algo = _resolve_algo(algo, "backward_filter", x.shape, w_shape, stride, pad, groups, tile)
+    if algo != "gemm":
+        return winograd.winograd_backward_filter(be, x, dy, w_shape, pad, groups, int(algo[-1]),
+                                                 workspace, splits)
+    kernel, tile, splits, length = _filter_plan(x.shape, w_shape, stride, pad, groups, version,
+                                                tile, splits)
     if not be.runs_kernels:
         return conv2d_backward_filter_reference(x, dy, w_shape, stride, pad, groups)
     _check_kernel_args("backward filter", ("x", x), ("dy", dy))
-    n, k, p, q = out
-    kg, ncol, npq = k // groups, int(np.prod(w_shape[1:])), n * p * q
-    tile = _tile(tile) if tile else pick_tile(kg, ncol, groups, fill=False)
-    tiles = ceil_div(kg, tile[0]) * ceil_div(ncol, tile[1]) * groups
-    if splits is None:
-        splits, length = pick_splits(npq, tiles)
-    else:
-        splits = min(_as_int("splits", splits, 1), npq)
-        length = ceil_div(npq, splits)
-        splits = ceil_div(npq, length)  # no empty chunk
+    kg, ncol = out[1] // groups, int(np.prod(w_shape[1:]))
     dw = be.empty(w_shape)
-    ws = dw if splits == 1 else be.empty((splits,) + w_shape)
+    need = splits * dw.size
+    if splits == 1:
+        ws = dw
+    elif workspace is None:
+        ws = be.empty((splits,) + w_shape)
+    else:
+        _check_kernel_args("backward filter", ("workspace", workspace))
+        if workspace.size < need or not workspace.flags.c_contiguous:
+            raise ValueError(f"conv2d backward filter: the workspace must be a C-contiguous "
+                             f"float32 array of at least {need} elements, got shape "
+                             f"{tuple(workspace.shape)}")
+        ws = workspace.reshape(-1)[:need]
     _check_kernel_args("backward filter", ("workspace", ws))
-    be.launch(KERNELS, "conv_bwd_filter_%dx%d" % tile, _grid(ncol, kg, splits * groups, tile),
+    be.launch(KERNELS, kernel, _grid(ncol, kg, splits * groups, tile),
               THREADS, [x, dy, ws, *_dims(x.shape, w_shape, out, stride, pad, groups),
                         i32(length)])
     if splits > 1:
-        be.launch(KERNELS, "conv_bwd_filter_reduce", elementwise_grid(dw.size),
+        reduce = "conv_bwd_filter_reduce_v2" if version == 2 else "conv_bwd_filter_reduce"
+        per_thread = 4 if version == 2 and dw.size % 4 == 0 else 1
+        be.launch(KERNELS, reduce, elementwise_grid(ceil_div(dw.size, per_thread)),
                   ELEMENTWISE_BLOCK, [ws, dw, i32(splits), i64(dw.size)])
     return dw
 

@@ -9,21 +9,33 @@ x (N, in), w (out, in), b (out,), dy (N, out). All matrices row-major float32.
 
 gemm() picks a tile configuration (128x128, 64x64, or 8x256 for the batch-2 layers) and a
 split-K factor (partials summed in fixed order) from a small cost model of waves of blocks
-on the GPU (``gemm_plan``), so that skinny products still fill every SM.
+on the GPU (``gemm_plan``), so that skinny products still fill every SM. Small products
+whose op(B) is stored K-contiguous (fc8's forward, x @ w.T) plan with the 64x64 BK-32 tile
+"64k" instead (see NT_SMALL_OUTPUTS).
 """
 from dataclasses import dataclass
 
-from ._launch import ceil_div, elementwise_grid, ELEMENTWISE_BLOCK, f32, i32, i64, require_float32
+from ._launch import (ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, f32, i32, i64,
+                      require_float32, waves)
 from .bias import bias_add, bias_backward
 
 KERNELS = "gemm.cu"
 THREADS = 256
 # name -> (BM, BN, BK); must match the GEMM_CFG_* instantiations in kernels/gemm.cu.
-TILES = {"128": (128, 128, 8), "64": (64, 64, 16), "8": (8, 256, 16)}
+TILES = {"128": (128, 128, 8), "64": (64, 64, 16), "8": (8, 256, 16), "64k": (64, 64, 32)}
 # Planner model, measured on an H200 (benchmarks sweep): resident blocks per SM (the
 # __launch_bounds__ minimums in gemm.cu) and microseconds per unit of K for one full wave.
-TILE_OCCUPANCY = {"128": 2, "64": 4, "8": 4}
-TILE_US_PER_K = {"128": 0.20, "64": 0.16, "8": 0.185}
+# "64k" does the 64 tile's arithmetic per K: its figure is the 64 tile's, not measured.
+TILE_OCCUPANCY = {"128": 2, "64": 4, "8": 4, "64k": 4}
+TILE_US_PER_K = {"128": 0.20, "64": 0.16, "8": 0.185, "64k": 0.16}
+AUTO_TILES = ("128", "64", "8")  # what the cost model chooses among
+# op(B) stored K-contiguous (trans_b), more than 8 rows, at most this many outputs: 64k. The H200
+# run (benchmarks/results/h200-20261130) timed fc8's forward, gemm_nt_128 on a 128-block
+# grid with 256 K per split, at 3.5x fc8's backward data, gemm_nn_128 on the same grid and
+# K per split: the nt kernel reads each weight row in 32-byte runs, the nn one in 512-byte
+# rows. 64k reads 128-byte runs. The larger nt products (fc6, fc7 forward: 1.1x, 1.4x their
+# nn twins) keep the cost model's tile, whose arithmetic intensity is twice 64k's.
+NT_SMALL_OUTPUTS = 128 * 1024
 SPLIT_BYTES_PER_US = 3.0e6  # split-K partials: written once, read once by the reduction
 DEFAULT_SMS = 132  # H200; used to plan on backends that have no device to ask (emu)
 MIN_SPLIT_K = 128  # at least this much K per split
@@ -80,25 +92,27 @@ def _split_chunk(k, splits, bk):
 
 
 def gemm_cost_us(m, n, k, tile, splits, sms=DEFAULT_SMS):
-    """Modelled time: whole waves of resident blocks times K per split, plus the split-K
-    reduction's traffic. A last, partial wave costs in proportion to the blocks it puts on
-    each SM (one block alone on an SM runs at about half its share of a full wave)."""
+    """Modelled time: waves of resident blocks (``_launch.waves``: a last, partial wave
+    costs in proportion to the blocks it puts on each SM) times K per split, plus the
+    split-K reduction's traffic."""
     bm, bn, bk = TILES[tile]
     k_chunk, splits = _split_chunk(k, splits, bk)
     blocks = ceil_div(m, bm) * ceil_div(n, bn) * splits
-    occupancy = TILE_OCCUPANCY[tile]
-    full, rest = divmod(blocks, occupancy * sms)
-    waves = full + (0.1 + 0.9 * ceil_div(rest, sms) / occupancy if rest else 0.0)
     reduce = (splits + 1) * m * n * 4 / SPLIT_BYTES_PER_US if splits > 1 else 0.0
-    return waves * k_chunk * TILE_US_PER_K[tile] + reduce
+    return waves(blocks, TILE_OCCUPANCY[tile], sms) * k_chunk * TILE_US_PER_K[tile] + reduce
 
 
-def gemm_plan(m, n, k, sms=DEFAULT_SMS, tile=None, splits=None):
+def gemm_plan(m, n, k, sms=DEFAULT_SMS, tile=None, splits=None, b_k_contiguous=False):
     """Tile configuration and split-K factor for an M x N x K product: the cheapest by
-    gemm_cost_us. tile / splits force a choice (tests use this to cover every path)."""
+    gemm_cost_us, with the 64k tile when op(B) is K-contiguous (b_k_contiguous, i.e.
+    trans_b) and the product has more than 8 rows (the 8-row tile's case) and at most
+    NT_SMALL_OUTPUTS outputs. tile / splits force a
+    choice (tests use this to cover every path)."""
     if tile is not None and tile not in TILES:
         raise ValueError(f"gemm tile must be one of {sorted(TILES)}, got {tile!r}")
-    tiles = [tile] if tile is not None else list(TILES)
+    if tile is None and b_k_contiguous and TILES["8"][0] < m and m * n <= NT_SMALL_OUTPUTS:
+        tile = "64k"
+    tiles = [tile] if tile is not None else list(AUTO_TILES)
     if splits is not None:
         choices = [(t, max(1, int(splits))) for t in tiles]
     else:
@@ -138,7 +152,8 @@ def gemm(be, a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, *,
     a, b: C-contiguous float32 matrices (pass trans_* rather than a transposed view). c:
     (M, N) output, written in place; allocated when None (then beta must be 0). With
     beta == 0, c is not read. Deterministic: split-K partials are summed in fixed order.
-    tile ("128", "64", "8") and splits override the automatic plan (for tests/benchmarks).
+    tile ("128", "64", "8", "64k") and splits override the automatic plan (for tests and
+    benchmarks).
     """
     m, n, k = _gemm_dims(a, b, trans_a, trans_b)
     if c is None:
@@ -160,7 +175,7 @@ def gemm(be, a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, *,
                              "the untransposed array and trans_a/trans_b)")
     if m == 0 or n == 0:
         return c
-    plan = gemm_plan(m, n, k, _sm_count(be), tile, splits)
+    plan = gemm_plan(m, n, k, _sm_count(be), tile, splits, b_k_contiguous=trans_b)
     kernel = f"gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}_{plan.tile}"
     out = c if plan.splits == 1 else be.empty((plan.splits, m, n))
     be.launch(KERNELS, kernel, plan.grid, THREADS,

@@ -10,16 +10,22 @@ NaN outputs NaN and its first NaN gets the gradient. An input that wins several
 overlapping windows gets the sum of their gradients; the kernel adds them in ascending
 (p, q) order, one thread per input, so the backward pass is deterministic (no atomics).
 
-The backward pass takes x, the forward output y and dy: the kernel uses y as the window
-maximum and rescans the window from x only where an input equals it (ties), so y must be
-``maxpool_forward(x)``; the reference recomputes the winner from x alone.
+The backward pass takes x, the forward output y and dy. Kernel versions (``version=``;
+both give the same bits): 1 uses y as the window maximum and rescans a window from x where
+an input equals it, so y must be ``maxpool_forward(x)``; 2 (the default) stages each
+window's winner, found from x as the forward finds it, in shared memory per tile of input
+rows, and reads y only for its shape. The reference recomputes the winner from x alone.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i32, require_float32
+from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, require_float32
 
 KERNELS = "pool.cu"
+BACKWARD_VERSIONS = (1, 2)
+V2_THREADS = 256        # POOL_BWD_THREADS
+V2_TILE_ELEMS = 2048    # input elements per v2 block: 8 per thread amortise the window pass
+V2_MAX_SHARED = 48 * 1024  # stay within the default dynamic shared-memory limit
 
 
 def maxpool_output_shape(x_shape, kernel=3, stride=2):
@@ -86,18 +92,63 @@ def maxpool_forward(be, x, kernel=3, stride=2):
     return y
 
 
-def maxpool_backward(be, x, y, dy, kernel=3, stride=2):
-    """dx: each window's dy goes to its first maximum; deterministic (see module doc)."""
+def backward_v2_tiles(x_shape, kernel=3, stride=2):
+    """(band_rows, band_planes, win_cap, blocks) of pool_max_backward_v2 for an input shape,
+    or None when even a one-row band's windows overflow V2_MAX_SHARED (then v1 runs).
+
+    A block covers about V2_TILE_ELEMS inputs: whole planes when a plane is smaller, else
+    equal bands of rows; win_cap counts the windows covering its inputs."""
+    n, c, p, q = maxpool_output_shape(x_shape, kernel, stride)
+    h, w = x_shape[2:]
+    planes = n * c
+    bands = max(1, min(h, ceil_div(h * w, V2_TILE_ELEMS)))
+    while True:
+        rows = ceil_div(h, bands)
+        band_planes = max(1, V2_TILE_ELEMS // (h * w)) if rows == h else 1
+        band_planes = min(band_planes, max(planes, 1))
+        win_rows = 0
+        for h0 in range(0, h, rows):
+            h1 = min(h, h0 + rows)
+            lo = 0 if h0 < kernel else (h0 - kernel) // stride + 1
+            win_rows = max(win_rows, min((h1 - 1) // stride, p - 1) - lo + 1)
+        win_cap = band_planes * win_rows * q
+        if 8 * win_cap <= V2_MAX_SHARED:
+            blocks = ceil_div(h, rows) * ceil_div(planes, band_planes)
+            return rows, band_planes, win_cap, blocks
+        if rows == 1:
+            return None
+        bands = min(h, 2 * bands)
+
+
+def maxpool_backward(be, x, y, dy, kernel=3, stride=2, version=None):
+    """dx: each window's dy goes to its first maximum; deterministic (see module doc).
+
+    version: 1 or 2 (kernel backends); by default 2, or 1 where 2's tile does not fit in
+    shared memory (windows wider than about 3000 outputs)."""
     shape = maxpool_output_shape(x.shape, kernel, stride)
+    if version is not None and version not in BACKWARD_VERSIONS:
+        raise ValueError(f"max-pool backward version must be one of {BACKWARD_VERSIONS}, "
+                         f"got {version!r}")
     if not be.runs_kernels:
         return maxpool_backward_reference(x, y, dy, kernel, stride)
     _check_array("x", x, x.shape)
     _check_array("y", y, shape)
     _check_array("dy", dy, shape)
+    tiles = backward_v2_tiles(x.shape, kernel, stride) if version != 1 else None
+    if version == 2 and tiles is None:
+        raise ValueError(f"max-pool backward v2: the windows of one row of a {x.shape} input "
+                         "overflow shared memory; use version=1")
     dx = be.empty(x.shape)
-    if dx.size:
-        n, c, h, w = x.shape
-        be.launch(KERNELS, "pool_max_backward", elementwise_grid(dx.size), ELEMENTWISE_BLOCK,
-                  [x, y, dy, dx, i32(h), i32(w), i32(shape[2]), i32(shape[3]), i32(kernel),
-                   i32(stride), i32(dx.size)])
+    if not dx.size:
+        return dx
+    n, c, h, w = x.shape
+    dims = [i32(h), i32(w), i32(shape[2]), i32(shape[3]), i32(kernel), i32(stride)]
+    if tiles is None:
+        be.launch(KERNELS, "pool_max_backward_v1", elementwise_grid(dx.size), ELEMENTWISE_BLOCK,
+                  [x, y, dy, dx, *dims, i32(dx.size)])
+        return dx
+    rows, band_planes, win_cap, blocks = tiles
+    be.launch(KERNELS, "pool_max_backward_v2", blocks, V2_THREADS,
+              [x, dy, dx, *dims, i32(n * c), i32(rows), i32(band_planes), i32(win_cap)],
+              shared_mem=8 * win_cap)
     return dx
