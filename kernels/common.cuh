@@ -11,6 +11,14 @@ __device__ __forceinline__ int pa_ceil_div(int a, int b) { return (a + b - 1) / 
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
        i += (long long)blockDim.x * gridDim.x)
 
+// SplitMix64 (Steele, Lea & Flood 2014), as pyalexnet.rng.splitmix64.
+__device__ __forceinline__ unsigned long long pa_splitmix64(unsigned long long z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 // ---- Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3") ----
 // Counter-based: the random words for counter c under key k are a pure function of (c, k),
 // so a mask can be regenerated anywhere (the backward pass, another backend) bit for bit.

@@ -22,9 +22,10 @@
 // exactly the four elements' words, so no generator output is wasted. float4 loads and
 // stores when both pointers are 16-byte aligned (CuPy allocations always are; a view at an
 // odd offset is not) and the group is whole; the scalar path handles the tail and the rest.
-extern "C" __global__ void __launch_bounds__(256)
-dropout_apply(const float* __restrict__ in, float* __restrict__ out, long long n,
-              unsigned threshold, float scale, unsigned key0, unsigned key1, long long offset) {
+__device__ __forceinline__ void dropout_body(const float* __restrict__ in,
+                                             float* __restrict__ out, long long n,
+                                             unsigned threshold, float scale, unsigned key0,
+                                             unsigned key1, long long offset) {
   const bool vec = ((reinterpret_cast<unsigned long long>(in) |
                      reinterpret_cast<unsigned long long>(out)) & 15ull) == 0 &&
                    (offset & 3ll) == 0;
@@ -56,6 +57,25 @@ dropout_apply(const float* __restrict__ in, float* __restrict__ out, long long n
         if (i + j >= 0 && i + j < n) out[i + j] = ((keep >> j) & 1u) ? in[i + j] * scale : 0.0f;
     }
   }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+dropout_apply(const float* __restrict__ in, float* __restrict__ out, long long n,
+              unsigned threshold, float scale, unsigned key0, unsigned key1, long long offset) {
+  dropout_body(in, out, n, threshold, scale, key0, key1, offset);
+}
+
+// The same, with the key made on the device from the training step's seed, read from
+// memory: seed = splitmix64(splitmix64(*step_seed) ^ salt), salt = (layer << 8) | tower
+// (pyalexnet.rng.dropout_seed). A captured step (CUDA graph) then draws new masks at each
+// replay: the host writes only the step seed.
+extern "C" __global__ void __launch_bounds__(256)
+dropout_apply_step_seed(const float* __restrict__ in, float* __restrict__ out, long long n,
+                        unsigned threshold, float scale,
+                        const unsigned long long* __restrict__ step_seed,
+                        unsigned long long salt, long long offset) {
+  const unsigned long long seed = pa_splitmix64(pa_splitmix64(*step_seed) ^ salt);
+  dropout_body(in, out, n, threshold, scale, (unsigned)seed, (unsigned)(seed >> 32), offset);
 }
 
 // Test hook: the raw generator, so its output can be checked against the published

@@ -230,3 +230,18 @@ def test_dropout_layer_follows_the_sample_not_the_split():
         part, _ = layer.forward(be, x[lo:hi].copy(), {}, Pass(seed=8, towers=(0, 1),
                                                               sample_offset=lo))
         np.testing.assert_array_equal(part, whole[lo:hi])
+
+
+def test_step_seed_in_device_memory_draws_the_layer_seed_mask(kernel_backend, rng):
+    """A captured step's dropout reads the step's seed from memory and makes the layer's
+    key on the device: the same mask as the key made on the host (rng.dropout_seed)."""
+    from pyalexnet.ops.dropout import StepSeed
+    from pyalexnet.rng import dropout_seed
+
+    be = kernel_backend
+    x = be.asarray(rng.standard_normal((5, 37)).astype(np.float32))
+    for step_seed, layer, tower in [(0, 0, 0), (12345, 13, 1), (2**63 + 7, 255, 0)]:
+        buf = be.asarray(np.array([step_seed], np.uint64), dtype=np.uint64)
+        got = dropout_forward(be, x, p=0.5, seed=StepSeed(buf, (layer << 8) | tower), offset=8)
+        want = dropout_forward(be, x, p=0.5, seed=dropout_seed(step_seed, layer, tower), offset=8)
+        np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(want))

@@ -21,7 +21,7 @@ def eager_step(net, x, labels, seed, lr):
     return loss, be.to_numpy(ranks)
 
 
-CASES = [("cifar-small", 1)]
+CASES = [("cifar-small", 1), ("cifar-towers", 1), ("cifar-towers", 2)]
 
 
 @pytest.mark.parametrize("config, devices", CASES)

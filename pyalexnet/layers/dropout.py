@@ -28,8 +28,8 @@ class Dropout(Layer):
         return self.in_shape
 
     def _seeds(self, ctx):
-        if not isinstance(ctx.seed, int):
-            raise NotImplementedError("dropout with a device seed (captured graphs)")
+        if not isinstance(ctx.seed, int):  # the step's seed in device memory
+            return [dropout_ops.StepSeed(ctx.seed, (self.index << 8) | t) for t in ctx.towers]
         return [dropout_seed(ctx.seed, self.index, t) for t in ctx.towers]
 
     def forward(self, be, x, params, ctx):

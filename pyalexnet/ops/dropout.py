@@ -14,6 +14,8 @@ Modes: ``"inverted"`` scales kept units by 1/(1-p) in training and is the identi
 time; ``"classic"`` (the paper) keeps units unscaled in training and multiplies by (1-p) at
 test time. Dropped units are exactly 0, even where the input was inf or NaN.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, f32, i32, i64, require_float32
@@ -116,13 +118,27 @@ def dropout_backward_reference(dy, p=0.5, seed=0, mode="inverted", offset=0):
     return dropout_forward_reference(dy, p, seed, mode, train=True, offset=offset)
 
 
-def _apply(be, x, threshold, scale, key, offset):
+class StepSeed(NamedTuple):
+    """A seed the kernel reads from device memory: splitmix64(splitmix64(buffer[0]) ^ salt),
+    i.e. pyalexnet.rng.dropout_seed(step seed, layer, tower) with salt = (layer << 8) |
+    tower, made on the device (a captured graph draws each replay's masks)."""
+
+    buffer: object  # one uint64 on the backend: the step's seed
+    salt: int
+
+
+def _apply(be, x, threshold, scale, seed, offset):
     require_float32("dropout: x", x)
     y = be.empty(x.shape)
     groups = ceil_div(offset + x.size, 4) - offset // 4
-    be.launch(KERNELS, "dropout_apply", elementwise_grid(groups), ELEMENTWISE_BLOCK,
-              [x, y, i64(x.size), np.uint32(threshold), f32(scale), np.uint32(key[0]),
-               np.uint32(key[1]), i64(offset)])
+    if isinstance(seed, StepSeed):
+        key = [seed.buffer, np.uint64(seed.salt)]
+        kernel = "dropout_apply_step_seed"
+    else:
+        key = [np.uint32(k) for k in _seed_key(seed)]
+        kernel = "dropout_apply"
+    be.launch(KERNELS, kernel, elementwise_grid(groups), ELEMENTWISE_BLOCK,
+              [x, y, i64(x.size), np.uint32(threshold), f32(scale), *key, i64(offset)])
     return y
 
 
@@ -130,13 +146,16 @@ def dropout_forward(be, x, p=0.5, seed=0, mode="inverted", train=True, offset=0)
     """Training: y = x * mask * (1/(1-p) if inverted else 1). Test: y = x (inverted) or
     x * (1-p) (classic). Same seed, same mask, on every backend; ``offset``: the counter
     index of x's first element (see the module doc)."""
-    p, mode, key = _check_p(p), _check_mode(mode), _seed_key(seed)
-    offset = _check_offset(offset)
+    p, mode, offset = _check_p(p), _check_mode(mode), _check_offset(offset)
+    if not isinstance(seed, StepSeed):
+        _seed_key(seed)
     if not be.runs_kernels:
+        if isinstance(seed, StepSeed):
+            raise TypeError("a StepSeed is for the kernel backends (captured steps)")
         return dropout_forward_reference(x, p, seed, mode, train, offset)
     if not train:  # threshold 0 keeps every unit and draws no numbers
-        return _apply(be, x, 0, _test_scale(p, mode), key, offset)
-    return _apply(be, x, _threshold(p), _train_scale(p, mode), key, offset)
+        return _apply(be, x, 0, _test_scale(p, mode), seed, offset)
+    return _apply(be, x, _threshold(p), _train_scale(p, mode), seed, offset)
 
 
 def dropout_backward(be, dy, p=0.5, seed=0, mode="inverted", offset=0):
