@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyalexnet.backends import get_backend  # noqa: E402
 from pyalexnet.config import load_config  # noqa: E402
+from pyalexnet.graphs import GraphedStep  # noqa: E402
 from pyalexnet.net import Net  # noqa: E402
 from pyalexnet.plots import plot_series  # noqa: E402
 
@@ -142,6 +143,8 @@ def main(argv=None):
     ap.add_argument("--max-seconds", type=float, default=80, help="stop stepping after this long")
     ap.add_argument("--torch", choices=("auto", "off"), default="auto",
                     help="auto: compare with PyTorch where it is installed (default)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="run our steps as captured graphs (pyalexnet.graphs)")
     ap.add_argument("--no-compile", action="store_true",
                     help="skip the torch.compile anchor (it compiles for minutes on a CPU)")
     ap.add_argument("--out", default=None)
@@ -177,8 +180,13 @@ def main(argv=None):
     def update():
         net.sgd_step(args.lr, 0.9, 5e-4)
 
+    graph = GraphedStep(net, batches[0][0].shape) if args.cuda_graph else None
+
     def step_once(x, labels, seed):
         """The training loop's step: fixed buffers, the loss read after the update."""
+        if graph is not None:
+            loss, _ = graph.run(x, labels, seed, args.lr)
+            return loss
         with net.repeated_step(x.shape):
             loss, _ = net.train_step_grads(be.asarray(x), be.asarray(labels, dtype=np.int32),
                                            seed=seed, sync=False)
@@ -246,7 +254,8 @@ def main(argv=None):
         device = cupy.cuda.runtime.getDeviceProperties(be.device.id)["name"].decode()
     result = {
         "config": args.config, "device": device, "backend": be.name, "devices": args.devices,
-        "batch": args.batch, "steps": len(losses), "median_ms_per_step": ms,
+        "batch": args.batch, "cuda_graph": args.cuda_graph, "steps": len(losses),
+        "median_ms_per_step": ms,
         "images_per_second": args.batch / (ms / 1e3), "split_ms": split,
         "equal_work_check": equal, **baselines,
         **{k.replace("_ms", "_images_per_second"): args.batch / (v / 1e3)

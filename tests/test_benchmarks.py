@@ -49,6 +49,15 @@ def test_alexnet_benchmark_small_on_numpy(tmp_path):
     assert result["pytorch_eager_images_per_second"] > 0 and "pytorch_eager_speedup" in result
 
 
+def test_alexnet_benchmark_captured_steps_on_emu(tmp_path):
+    out = tmp_path / "graph.json"
+    run("bench_alexnet.py", "--config", "cifar-towers", "--backend", "emu", "--devices", "2",
+        "--batch", "4", "--steps", "3", "--pool", "1", "--cuda-graph", "--torch", "off",
+        "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["cuda_graph"] and result["steps"] == 3 and result["images_per_second"] > 0
+
+
 def test_alexnet_benchmark_two_towers_equal_work_with_pytorch(tmp_path):
     """The two-tower net on two (emulated) devices against PyTorch's groups=2 twin."""
     pytest.importorskip("torch")
