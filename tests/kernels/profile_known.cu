@@ -10,9 +10,9 @@ extern "C" __global__ void prof_strided_load(const float* x, float* y, int strid
 }
 
 // One float4 per thread: 512 bytes per warp, 16 sectors, all bytes used.
-extern "C" __global__ void prof_float4_copy(const float4* x, float4* y) {
+extern "C" __global__ void prof_float4_copy(const float* x, float* y) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
-  y[i] = x[i];
+  reinterpret_cast<float4*>(y)[i] = reinterpret_cast<const float4*>(x)[i];
 }
 
 // Shared memory read at word i * stride (mod 1024): stride 1 conflict-free, 2 two-way,
