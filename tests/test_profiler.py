@@ -88,3 +88,13 @@ def test_product_profiling_build_counts_a_real_kernel():
 def test_profile_needs_a_profiling_build():
     with pytest.raises(ValueError, match="needs a profiling build"):
         EmuBackend(profile=True, module=selftest_build())
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_flops_are_counted_from_the_arithmetic(n):
+    """fmaf = 2 FLOPs, a multiply and an add 1 each, plus the final add: 4n + 1 per thread."""
+    x = np.arange(n, dtype=np.float32)
+    y = np.zeros(96, np.float32)
+    p = profiled("prof_flops", 3, 32, [x, y, np.int32(n)])
+    np.testing.assert_allclose(y, 2 * x.sum() + (x * x).sum())
+    assert p["flops"] == 96 * (4 * n + 1)

@@ -36,7 +36,10 @@ BASE_FLAGS = ["-O2", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"]
 # The profiling build's kernel unit: a callback on every load and store (basic-block
 # coverage must be on for clang to emit them), and no auto-vectorisation, so accesses keep
 # the widths the source has (the GPU does not vectorise scalar loads either).
+# Every block keeps its callback (no pruning): its execution count times its FP32
+# instructions is the FLOP count (see write_flop_table).
 PROFILE_UNIT_FLAGS = ["-fsanitize-coverage=bb,trace-pc,trace-loads,trace-stores",
+                      "-mllvm", "-sanitizer-coverage-prune-blocks=0",
                       "-fno-vectorize", "-fno-slp-vectorize"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
             "-fno-omit-frame-pointer", "-g"]
@@ -163,7 +166,61 @@ def build(module, kernel_files, out, variant, jobs=None, log=print, work=None):
     p = subprocess.run(link, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"emulator link {variant} failed:\n{' '.join(link)}\n{p.stderr}")
+    if "-DCUEMU_PROFILE" in spec["flags"]:
+        write_flop_table(out)
     return out
+
+
+# FP32 operations per x86-64 instruction: what the profiling build's kernel code computes
+# with (SSE scalar and packed; FMA where enabled; fmaf is a call into libm).
+_FLOPS = {**{op + "ss": 1 for op in ("add", "sub", "mul", "div", "sqrt")},
+          **{op + "ps": 4 for op in ("add", "sub", "mul", "div", "sqrt")},
+          **{f"vfmadd{o}ss": 2 for o in ("132", "213", "231")},
+          **{f"vfmsub{o}ss": 2 for o in ("132", "213", "231")},
+          **{f"vfnmadd{o}ss": 2 for o in ("132", "213", "231")}}
+_INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
+
+
+def write_flop_table(so):
+    """``<so>.flops``: for each basic block of the kernel code (named by the return address
+    of its coverage call), the FP32 operations of its machine code. The code is cut into
+    straight runs at jumps, returns and jump targets; a run's operations before its first
+    coverage call belong to that call (the scheduler may hoist them above it), the rest to
+    the call before them. Needs objdump (binutils)."""
+    p = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(so)], capture_output=True,
+                       text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"objdump -d {so} failed: {p.stderr}")
+    insns = []  # (address, mnemonic, operands); None address: a function starts
+    for line in p.stdout.splitlines():
+        m = _INSN.match(line)
+        if m:
+            insns.append((int(m.group(1), 16), m.group(2), m.group(3)))
+        elif line.endswith(">:"):
+            insns.append((None, "", ""))
+    targets = {int(m.group(1), 16) for _, op, rest in insns if op.startswith("j")
+               for m in [re.match(r"([0-9a-f]+) <", rest)] if m}
+    table, pending, block = {}, 0, None
+    for i, (addr, op, rest) in enumerate(insns):
+        if addr is None or addr in targets:
+            pending, block = 0, None  # a new run
+        if addr is None:
+            continue
+        if op.startswith("call") and "<__sanitizer_cov_trace_pc" in rest:
+            block = insns[i + 1][0]
+            table[block] = pending
+            pending = 0
+        elif op.startswith("call") and ("<fmaf@" in rest or "<fmaf>" in rest):
+            pending += 2
+        else:
+            pending += _FLOPS.get(op, 0)
+        if block is not None and pending:
+            table[block] += pending
+            pending = 0
+        if op.startswith(("j", "ret", "ud2")):
+            pending, block = 0, None
+    rows = [f"{a:x} {f}" for a, f in sorted(table.items()) if f]
+    Path(str(so) + ".flops").write_text("\n".join(rows) + "\n")
 
 
 def _fingerprint(files, variant):

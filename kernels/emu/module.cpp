@@ -65,6 +65,7 @@ static py::dict profile_dict(const cuemu::prof::Result& r) {
     d[(s + "_ideal_wavefronts").c_str()] = c.s_ideal[k];
     d[(s + "_bytes").c_str()] = c.s_bytes[k];
   }
+  d["flops"] = r.flops < 0 ? py::object(py::none()) : py::object(py::int_(r.flops));
   d["barriers"] = c.barriers;
   d["atomics_global"] = c.atomics_global;
   d["atomics_shared"] = c.atomics_shared;

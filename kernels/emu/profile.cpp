@@ -2,9 +2,11 @@
 // compiled without coverage instrumentation (its own loads and stores are not counted).
 #include "profile.h"
 
+#include <dlfcn.h>
 #include <link.h>
 
 #include <algorithm>
+#include <fstream>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -44,8 +46,32 @@ struct LaunchState {
   std::vector<Buffer> buffers;
   Counters total;
   std::vector<PerArray> arrays;
+  std::unordered_map<uintptr_t, uint64_t> block_runs;  // basic block -> executions
 };
 LaunchState g_launch;
+
+// FP32 operations of each basic block of the kernel code, written next to this module by
+// kernels/emu/build.py from its machine code ("<module file>.flops": offset flops per line).
+struct FlopTable {
+  bool loaded = false;
+  uintptr_t base = 0;
+  std::unordered_map<uintptr_t, uint32_t> flops;  // offset of a block's coverage call return
+};
+FlopTable& flop_table() {
+  static FlopTable t;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    Dl_info info{};
+    if (!dladdr((void*)&flop_table, &info) || !info.dli_fname) return;
+    t.base = (uintptr_t)info.dli_fbase;
+    std::ifstream in(std::string(info.dli_fname) + ".flops");
+    uintptr_t off;
+    uint32_t f;
+    while (in >> std::hex >> off >> std::dec >> f) t.flops[off] = f;
+    t.loaded = (bool)in.eof();
+  });
+  return t;
+}
 
 // One warp instruction being assembled from its lanes' accesses.
 struct Group {
@@ -74,6 +100,7 @@ struct Worker {
   int nthreads = 0;
   std::unordered_map<uint64_t, uint32_t> occurrences;  // (thread << 48 | site) -> count
   std::unordered_map<Key, Group, KeyHash> pending;
+  std::unordered_map<uintptr_t, uint64_t> block_runs;
   Counters c;
   std::vector<PerArray> arrays;
 };
@@ -201,6 +228,15 @@ void launch_begin(const std::vector<Buffer>& buffers) {
 Result launch_end() {
   Result r;
   r.c = g_launch.total;
+  const FlopTable& ft = flop_table();
+  r.flops = ft.loaded ? 0 : -1;
+  if (ft.loaded) {
+    for (const auto& kv : g_launch.block_runs) {
+      auto it = ft.flops.find(kv.first - ft.base);
+      if (it != ft.flops.end()) r.flops += (int64_t)(kv.second * it->second);
+    }
+  }
+  g_launch.block_runs.clear();
   for (size_t i = 0; i < g_launch.buffers.size(); ++i) {
     const PerArray& a = g_launch.arrays[i];
     r.arrays.push_back(ArrayTraffic{g_launch.buffers[i].arg,
@@ -242,6 +278,8 @@ void worker_end() {
   W.on = false;
   std::lock_guard<std::mutex> g(g_launch.mu);
   g_launch.total.add(W.c);
+  for (const auto& kv : W.block_runs) g_launch.block_runs[kv.first] += kv.second;
+  W.block_runs.clear();
   for (size_t i = 0; i < W.arrays.size() && i < g_launch.arrays.size(); ++i) {
     for (int k = 0; k < 2; ++k) {
       g_launch.arrays[i].unique[k].insert(W.arrays[i].unique[k].begin(), W.arrays[i].unique[k].end());
@@ -279,5 +317,9 @@ CUEMU_COV(4, uint32_t)
 CUEMU_COV(8, uint64_t)
 CUEMU_COV(16, __int128)
 #undef CUEMU_COV
-// Basic-block coverage must be on for the load/store callbacks to be emitted at all.
-extern "C" void __sanitizer_cov_trace_pc() {}
+// Basic-block coverage (needed for clang to emit the load/store callbacks at all) counts
+// each block's executions: FLOPs are those counts times the blocks' FP32 instructions.
+extern "C" void __sanitizer_cov_trace_pc() {
+  cuemu::prof::Worker& w = cuemu::prof::W;
+  if (w.on && !w.mute && cuemu::tls_cur.thread) w.block_runs[(uintptr_t)__builtin_return_address(0)]++;
+}

@@ -45,6 +45,7 @@ struct ArrayTraffic {
 
 struct Result {
   Counters c;
+  int64_t flops = -1;  // -1: this build has no FLOP table
   std::vector<ArrayTraffic> arrays;
 };
 

@@ -26,3 +26,12 @@ extern "C" __global__ void prof_shared_stride(float* y, int stride) {
 
 // One float atomic per thread on one counter.
 extern "C" __global__ void prof_atomic(float* sum) { atomicAdd(sum, 1.0f); }
+
+// n fused multiply-adds per thread (2 FLOPs each), then n multiplies and n adds.
+extern "C" __global__ void prof_flops(const float* x, float* y, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  float acc = 0.0f, sq = 0.0f;
+  for (int k = 0; k < n; ++k) acc = fmaf(x[k], 2.0f, acc);
+  for (int k = 0; k < n; ++k) sq += x[k] * x[k];
+  y[i] = acc + sq;
+}
