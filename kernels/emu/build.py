@@ -114,10 +114,14 @@ def find_compiler(variant):
 
 
 def sanitizer_runtime():
-    """The shared ASan runtime the Python interpreter must LD_PRELOAD for the asan build."""
-    p = subprocess.run([VARIANTS["asan"]["cxx"], "-print-file-name=libasan.so"],
-                       capture_output=True, text=True)
-    return p.stdout.strip()
+    """What the Python interpreter must LD_PRELOAD for the asan build: the ASan runtime,
+    and libstdc++ (ASan finds __cxa_throw only in a library loaded before it starts)."""
+    libs = []
+    for name in ("libasan.so", "libstdc++.so"):
+        p = subprocess.run([VARIANTS["asan"]["cxx"], f"-print-file-name={name}"],
+                           capture_output=True, text=True)
+        libs.append(os.path.realpath(p.stdout.strip()))
+    return " ".join(libs)
 
 
 def _includes():
@@ -242,6 +246,13 @@ def load(path, module):
 def test_module(variant="gcc"):
     """The test suite's emulator: kernels/*.cu plus tests/kernels/*.cu in build ``variant``,
     built once per source state (cached under build/emu-test/) and imported."""
+    path, module = build_test_module(variant)
+    return load(path, module)
+
+
+def build_test_module(variant="gcc"):
+    """Build (if not cached) the test suite's emulator; returns (path, module name). An
+    asan build is imported only by an interpreter that preloads the ASan runtime."""
     kernels = product_kernels() + test_kernels()
     module = "_emu_selftest_profile" if variant == "profile" else "_emu_selftest"
     deps = kernels + sorted(EMU.glob("*.[ch]*")) + sorted(EMU.glob("*.py")) + [KERNELS / "common.cuh"]
@@ -253,4 +264,10 @@ def test_module(variant="gcc"):
         if not out.exists():
             build(module, kernels, out, variant, log=lambda m: print(m, file=sys.stderr),
                   work=folder / "objects")
-    return load(out, module)
+    return out, module
+
+
+if __name__ == "__main__":
+    # python kernels/emu/build.py VARIANT: build the test suite's module (CI, before a run
+    # of the tests under that build), print its path
+    print(build_test_module(sys.argv[1] if len(sys.argv) > 1 else "gcc")[0])

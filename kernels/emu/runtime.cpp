@@ -31,6 +31,7 @@
 #endif
 #endif
 #ifdef CUEMU_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -168,6 +169,11 @@ static void ucontext_entry(unsigned lo, unsigned hi) {
 
 static void start_fiber(ThreadCtx* t, Stack* s) {
   t->stack = s;
+#ifdef CUEMU_ASAN
+  // an abandoned fiber (a fault, a failed block) left its frames' red zones behind
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  __asan_unpoison_memory_region(s->base + page, s->size - page);
+#endif
   if (g_use_asm) {
 #if CUEMU_HAVE_ASM
     uintptr_t top = ((uintptr_t)(s->base + s->size)) & ~(uintptr_t)15;
@@ -248,6 +254,10 @@ static void fault_handler(int sig, siginfo_t* info, void* uc) {
     tls_sched.fault_armed = 0;
     tls_sched.fault_sig = sig;
     tls_sched.fault_addr = info->si_addr;
+#ifdef CUEMU_ASAN
+    // leaving the fiber for good: ASan must know the stack changes back
+    __sanitizer_start_switch_fiber(nullptr, tls_sched.asan_bottom, tls_sched.asan_size);
+#endif
     siglongjmp(tls_sched.fault_env, 1);
   }
   const struct sigaction& prev = g_prev_action[sig];
@@ -446,7 +456,12 @@ struct BlockRunner {
           continue;
         }
         t.state = READY;
-        if (sigsetjmp(tls_sched.fault_env, 0)) fail(describe_fault(t));
+        if (sigsetjmp(tls_sched.fault_env, 0)) {
+#ifdef CUEMU_ASAN
+          __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+          fail(describe_fault(t));
+        }
         tls_sched.fault_armed = 1;
         resume(&t);
         tls_sched.fault_armed = 0;
