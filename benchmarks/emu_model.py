@@ -5,8 +5,9 @@ build, pyalexnet._emu_profile) and nvcc's resource usage. Used by
 The model, per launch:
   * counts of a sampled grid are scaled by blocks_total / blocks_run;
   * DRAM bytes: per array, the distinct 32-byte sectors touched, scaled and capped at the
-    array's size (a lower bound: every byte once). With a footprint above the L2, the
-    repeated sectors miss in proportion (1 - L2 / footprint);
+    array's size (a lower bound: every byte once). Repeated sectors hit in the L2 while the
+    data of the blocks resident at once fits in it, else miss in proportion
+    (1 - L2 / that working set);
   * occupancy from registers, shared memory and block size (sm_90 limits), and the tail of
     the last wave of blocks;
   * time = max(DRAM / copy bandwidth / latency hiding, L2 sectors / L2 bandwidth,
@@ -29,7 +30,7 @@ from pyalexnet.compile_check import _FUNC, _REGS, find_nvcc
 
 @dataclass(frozen=True)
 class Device:
-    name: str = "H200 (modeled)"
+    name: str = "NVIDIA H200"
     sms: int = 132                  # datasheet (H200 SXM)
     clock_hz: float = 1.98e9        # datasheet boost clock
     fp32_flops: float = 67e12       # datasheet dense FP32 (no tensor cores)
@@ -101,15 +102,17 @@ def occupancy(threads, registers, shared_bytes, dev=H200):
             "occupancy": blocks * warps / dev.max_warps_per_sm, "limited_by": limiter}
 
 
-def scaled(profile):
+def scaled(profile, resident_blocks=None):
     """The counters of a (possibly sampled) launch, scaled to its whole grid, with DRAM
-    traffic: a lower bound (distinct sectors) and the L2 model's estimate."""
+    traffic: a lower bound (distinct sectors) and the L2 model's estimate, for
+    ``resident_blocks`` blocks running at once (default: all)."""
     s = profile["blocks_total"] / max(1, profile["blocks_run"])
     out = {k: v * s for k, v in profile.items() if isinstance(v, int) and k not in
            ("blocks_total", "blocks_run", "shared_mem")}
     unique = {"load": 0.0, "store": 0.0}
     repeats = 0.0
     footprint = 0.0
+    per_block = 0.0  # bytes one block touches (the sampled blocks are far apart: no overlap)
     for a in profile["arrays"]:
         cap = a["bytes"] / 32
         ld = min(a["unique_load_sectors"] * s, cap)
@@ -117,23 +120,28 @@ def scaled(profile):
         unique["load"] += ld
         unique["store"] += st
         footprint += max(ld, st) * 32
+        per_block += 32 * max(a["unique_load_sectors"], a["unique_store_sectors"]) / max(1, profile["blocks_run"])
         repeats += max(0.0, a["requested_load_sectors"] * s - ld)
-    miss = max(0.0, 1.0 - H200.l2_bytes / footprint) if footprint else 0.0
+    resident = profile["blocks_total"] if resident_blocks is None else min(resident_blocks, profile["blocks_total"])
+    working_set = min(footprint, per_block * resident)
+    miss = max(0.0, 1.0 - H200.l2_bytes / working_set) if working_set else 0.0
     out["dram_bytes_lower_bound"] = 32 * (unique["load"] + unique["store"])
     out["dram_bytes"] = out["dram_bytes_lower_bound"] + 32 * repeats * miss
     out["footprint_bytes"] = footprint
+    out["working_set_bytes"] = working_set
     out["scale"] = s
     return out
 
 
-def model_launch(profile, usage, flops=0.0, dev=H200):
+def model_launch(profile, usage, dev=H200):
     """Modeled seconds of one launch (and the terms behind it)."""
-    c = scaled(profile)
     threads = math.prod(profile["block"])
     blocks = profile["blocks_total"]
     regs, static_smem = usage.get(profile["kernel"], (32, 0))
     occ = occupancy(threads, regs, static_smem + profile["shared_mem"], dev)
     slots = max(1, occ["blocks_per_sm"]) * dev.sms
+    c = scaled(profile, slots)
+    flops = c.get("flops") or 0.0  # None: a build without a FLOP table
     waves = math.ceil(blocks / slots)
     tail = blocks / (waves * slots)
     active_sms = min(dev.sms, blocks)
