@@ -10,11 +10,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <numeric>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -105,21 +105,25 @@ std::string get_switch() { return g_use_asm ? "asm" : "ucontext"; }
 
 // ---- stacks -------------------------------------------------------------------------
 static const size_t kStackBytes = 256 * 1024;  // kernels keep register tiles on it
+// Below each stack: a frame larger than one page can step over a one-page guard into the
+// next mapping (another fiber's stack) without a fault.
+static const size_t kGuardBytes = 64 * 1024;
 size_t fiber_stack_bytes() { return kStackBytes; }
 
 struct Stack {
-  char* base;  // lowest address, a guard page
+  char* base;  // lowest address: kGuardBytes of guard, then the stack
   size_t size;
   ucontext_t uctx;
 };
 
 static Stack* new_stack() {
-  void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = mmap(nullptr, kGuardBytes + kStackBytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot allocate a fiber stack");
-  mprotect(p, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE);
+  mprotect(p, kGuardBytes, PROT_NONE);
   Stack* s = new Stack;
   s->base = (char*)p;
-  s->size = kStackBytes;
+  s->size = kGuardBytes + kStackBytes;
   return s;
 }
 
@@ -171,8 +175,7 @@ static void start_fiber(ThreadCtx* t, Stack* s) {
   t->stack = s;
 #ifdef CUEMU_ASAN
   // an abandoned fiber (a fault, a failed block) left its frames' red zones behind
-  size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  __asan_unpoison_memory_region(s->base + page, s->size - page);
+  __asan_unpoison_memory_region(s->base + kGuardBytes, s->size - kGuardBytes);
 #endif
   if (g_use_asm) {
 #if CUEMU_HAVE_ASM
@@ -297,17 +300,18 @@ static void arm_fault_handling() {
 }
 
 static std::string describe_fault(const ThreadCtx& t) {
-  std::ostringstream o;
   const char* what = tls_sched.fault_sig == SIGSEGV ? "segmentation fault"
                      : tls_sched.fault_sig == SIGBUS ? "bus error"
                      : tls_sched.fault_sig == SIGILL ? "illegal instruction (a trap)"
                                                      : "arithmetic exception";
-  o << "thread (" << t.tid.x << "," << t.tid.y << "," << t.tid.z << "): " << what << " at address "
-    << tls_sched.fault_addr;
+  char addr[32];
+  std::snprintf(addr, sizeof addr, "%p", tls_sched.fault_addr);
+  std::string o = "thread (" + std::to_string(t.tid.x) + "," + std::to_string(t.tid.y) + "," +
+                  std::to_string(t.tid.z) + "): " + what + " at address " + addr;
   char* a = (char*)tls_sched.fault_addr;
-  if (t.stack && a >= t.stack->base - (1 << 20) && a < t.stack->base + sysconf(_SC_PAGESIZE))
-    o << ": the fiber's stack (" << kStackBytes / 1024 << " KiB) overflowed";
-  return o.str();
+  if (t.stack && a >= t.stack->base - (1 << 20) && a < t.stack->base + kGuardBytes)
+    o += ": the fiber's stack (" + std::to_string(kStackBytes / 1024) + " KiB) overflowed";
+  return o;
 }
 
 // ---- what kernels call --------------------------------------------------------------
@@ -336,9 +340,7 @@ unsigned long long warp_exchange(int op, unsigned mask, unsigned long long bits,
 
 // ---- block scheduler ----------------------------------------------------------------
 static std::string where(const ThreadCtx& t) {
-  std::ostringstream o;
-  o << t.file << ":" << t.line;
-  return o.str();
+  return std::string(t.file) + ":" + std::to_string(t.line);
 }
 
 struct BlockRunner {
@@ -356,10 +358,10 @@ struct BlockRunner {
   }
 
   [[noreturn]] void fail(const std::string& msg) {
-    std::ostringstream o;
+
     uint3 b = tls_cur.block_idx;
-    o << "kernel " << *name << ", block (" << b.x << "," << b.y << "," << b.z << "): " << msg;
-    throw std::runtime_error(o.str());
+    throw std::runtime_error("kernel " + *name + ", block (" + std::to_string(b.x) + "," +
+                             std::to_string(b.y) + "," + std::to_string(b.z) + "): " + msg);
   }
 
   // Completes every warp operation whose lanes have all arrived. Each lane's result is
