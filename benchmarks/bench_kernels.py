@@ -19,6 +19,7 @@ and the rank correlation over the rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -401,6 +402,14 @@ def run(args):
     return be, batch, small, torch, results, failures
 
 
+def copy_bandwidth(be, nbytes=1 << 30):
+    """Device-to-device copy rate (bytes read + written per second, L2 flushed): the DRAM
+    rate the --emulated model uses."""
+    src, dst = be.empty(nbytes // 4), be.empty(nbytes // 4)
+    ms = Timer(be)(lambda: dst.__setitem__(Ellipsis, src), 2, 5)
+    return 2 * nbytes / (ms / 1e3)
+
+
 def device_name(be):
     if be.name != "cuda":
         return f"CPU ({platform.processor() or platform.machine()}), {be.name} backend"
@@ -457,6 +466,9 @@ def run_emulated(args):
     be = EmuBackend(threads=args.threads or os.cpu_count(), profile=True,
                     profile_blocks=args.blocks)
     measured, measured_doc = load_measured(args.measured)
+    dev = emu_model.H200
+    if measured_doc and measured_doc.get("copy_bandwidth_bytes_per_s"):  # measured beats assumed
+        dev = dataclasses.replace(dev, dram_bw=measured_doc["copy_bandwidth_bytes_per_s"])
     usage = emu_model.resource_usage(sorted((ROOT / "kernels").glob("*.cu")), ROOT / "build")
     if not usage:
         print("nvcc not found: occupancy assumes 32 registers per thread and no static shared memory")
@@ -474,7 +486,7 @@ def run_emulated(args):
     for c in cases:
         be.profiles.clear()
         c.ours()
-        launches = [emu_model.model_launch(p, usage) for p in be.profiles]
+        launches = [emu_model.model_launch(p, usage, dev) for p in be.profiles]
         tot = {k: sum(m["counters"].get(k, 0.0) for m in launches) for k in (
             "global_load_requests", "global_load_sectors", "global_load_bytes",
             "global_store_requests", "global_store_sectors", "global_store_bytes",
@@ -521,8 +533,8 @@ def run_emulated(args):
         if mem:
             print(f"memory-bound ops (LRN, pooling, ...) within 2x: "
                   f"{sum(0.5 <= r['ratio'] <= 2 for r in mem)}/{len(mem)}")
-    return {"device": emu_model.H200.name, "backend": "emu (profiling build)", "batch": batch,
-            "blocks_per_launch": args.blocks, "model": asdict(emu_model.H200),
+    return {"device": dev.name, "backend": "emu (profiling build)", "batch": batch,
+            "blocks_per_launch": args.blocks, "model": asdict(dev),
             "measured": args.measured if measured else None,
             "measured_date": measured_doc and measured_doc.get("date"),
             "rank_correlation": rho, "within_2x": len(within2), "rows_compared": len(both),
@@ -576,6 +588,9 @@ def main(argv=None):
         "timing": "CUDA events, median, L2 flushed between repeats" if be.name == "cuda" else "wall clock, median",
         "repeats": args.repeats, "geomean_ratio": float(np.exp(np.mean(np.log(with_base)))) if with_base else None,
         "validation_failures": failures, "results": [asdict(r) for r in results]}
+    if be.name == "cuda":
+        summary["copy_bandwidth_bytes_per_s"] = copy_bandwidth(be)
+        print(f"device copy bandwidth: {summary['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
     out.write_text(json.dumps(summary, indent=1))
     if with_base:
         print(f"geometric mean of ours/baseline time: {summary['geomean_ratio']:.2f}")

@@ -102,7 +102,7 @@ def occupancy(threads, registers, shared_bytes, dev=H200):
             "occupancy": blocks * warps / dev.max_warps_per_sm, "limited_by": limiter}
 
 
-def scaled(profile, resident_blocks=None):
+def scaled(profile, resident_blocks=None, dev=H200):
     """The counters of a (possibly sampled) launch, scaled to its whole grid, with DRAM
     traffic: a lower bound (distinct sectors) and the L2 model's estimate, for
     ``resident_blocks`` blocks running at once (default: all)."""
@@ -124,7 +124,7 @@ def scaled(profile, resident_blocks=None):
         repeats += max(0.0, a["requested_load_sectors"] * s - ld)
     resident = profile["blocks_total"] if resident_blocks is None else min(resident_blocks, profile["blocks_total"])
     working_set = min(footprint, per_block * resident)
-    miss = max(0.0, 1.0 - H200.l2_bytes / working_set) if working_set else 0.0
+    miss = max(0.0, 1.0 - dev.l2_bytes / working_set) if working_set else 0.0
     out["dram_bytes_lower_bound"] = 32 * (unique["load"] + unique["store"])
     out["dram_bytes"] = out["dram_bytes_lower_bound"] + 32 * repeats * miss
     out["footprint_bytes"] = footprint
@@ -140,7 +140,7 @@ def model_launch(profile, usage, dev=H200):
     regs, static_smem = usage.get(profile["kernel"], (32, 0))
     occ = occupancy(threads, regs, static_smem + profile["shared_mem"], dev)
     slots = max(1, occ["blocks_per_sm"]) * dev.sms
-    c = scaled(profile, slots)
+    c = scaled(profile, slots, dev)
     flops = c.get("flops") or 0.0  # None: a build without a FLOP table
     waves = math.ceil(blocks / slots)
     tail = blocks / (waves * slots)
