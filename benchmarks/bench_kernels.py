@@ -473,6 +473,9 @@ def run_emulated(args):
     if not usage:
         print("nvcc not found: occupancy assumes 32 registers per thread and no static shared memory")
     batch = args.batch or 128
+    if measured_doc and measured_doc.get("batch") != batch:
+        print(f"measured at batch {measured_doc.get('batch')}, modeled at {batch}: not compared")
+        measured, measured_doc = {}, None
     cases = Builder(be, None, batch, 1, np.random.default_rng(0)).all()
     if args.only:
         cases = [c for c in cases if any(o in c.name for o in args.only)]

@@ -72,8 +72,9 @@ def test_emulated_benchmark_runs_and_compares(tmp_path):
     names = [r["name"] for r in d["results"]]
     assert names == ["fc8 forward", "lrn2 forward", "lrn2 backward", "relu1 forward", "relu1 backward"]
     fc8 = d["results"][0]
-    assert fc8["flops"] > 0 and fc8["model_ms"] > 0 and fc8["measured_ms"] == 0.135
-    assert "rank correlation" in p.stdout
+    # 2 x 4096 @ 4096 x 1000, all blocks of the GEMM run (2 are fewer than the grid's)
+    assert fc8["flops"] > 2 * 2 * 4096 * 1000 * 0.99 and fc8["model_ms"] > 0
+    assert fc8["measured_ms"] is None and "not compared" in p.stdout  # measured at batch 128
 
 
 def emu_model_unavailable():
