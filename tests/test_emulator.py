@@ -5,7 +5,7 @@ errors. The kernels of tests/kernels/ run on the test suite's own build of the e
 import numpy as np
 import pytest
 
-from emu_builds import selftest_build
+from emu_builds import emu_build, selftest_build
 from pyalexnet.backends import EmuBackend, KernelError
 
 SELFTEST = "selftest.cu"
@@ -269,3 +269,15 @@ def test_product_build_has_no_selftest_kernels():
 def test_build_records_its_compiler():
     info = selftest_build().BUILD_INFO
     assert info["compiler"].split()[0] in ("g++", "clang") and "-O" in info["flags"]
+
+
+@pytest.mark.parametrize("path", sorted(emu_build.TEST_KERNELS.glob("*.cu")), ids=lambda p: p.name)
+def test_test_kernels_are_plain_cuda(path):
+    """The test kernels compile with nvcc too (spills allowed: one recurses on purpose)."""
+    import re
+
+    from pyalexnet.compile_check import find_nvcc, nvcc_check
+    if find_nvcc() is None:
+        pytest.skip("nvcc not installed")
+    r = nvcc_check(path, "sm_90")
+    assert r.kernels and not re.search(r"\berror\b", r.log, re.I), r.log
