@@ -98,3 +98,11 @@ def test_flops_are_counted_from_the_arithmetic(n):
     p = profiled("prof_flops", 3, 32, [x, y, np.int32(n)])
     np.testing.assert_allclose(y, 2 * x.sum() + (x * x).sum())
     assert p["flops"] == 96 * (4 * n + 1)
+
+
+def test_product_build_is_not_instrumented():
+    """Free when off: pyalexnet._emu has no coverage callbacks at all."""
+    import pyalexnet._emu as product
+    assert product.PROFILER is False
+    assert b"__sanitizer_cov_load4" not in open(product.__file__, "rb").read()
+    assert b"__sanitizer_cov_load4" in open(selftest_build("profile").__file__, "rb").read()
