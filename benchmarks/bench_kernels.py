@@ -3,16 +3,23 @@
 
     python benchmarks/bench_kernels.py                 # cuda if a GPU is here, else --small on emu
     python benchmarks/bench_kernels.py --small --backend emu --repeats 1   # never rots on CPUs
+    python benchmarks/bench_kernels.py --emulated      # modeled H200 times, on a CPU
 
 On a GPU, each case is validated (against PyTorch's cuDNN/cuBLAS result where PyTorch is
 installed, else against the NumPy reference), timed with CUDA events after warm-up with L2
 flushed between repeats, validated again, then the same operation is timed in PyTorch at
 the same precision (TF32 off). The claim is the ratio ours/baseline, measured in one run.
 Results go to benchmarks/results/kernels-<device>-<date>.json.
+
+With --emulated, every case runs at its real shape (batch 128) on the emulator's profiling
+build, on a sample of each grid's blocks; benchmarks/emu_model.py turns the counters into
+a modeled H200 time, printed beside the H200 measurement of --measured with their ratio
+and the rank correlation over the rows.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -458,6 +465,14 @@ def version_ratios(cases, results):
             if c.replaces and c.name in times and times.get(c.replaces)}
 
 
+def copy_bandwidth(be, nbytes=1 << 30):
+    """Device-to-device copy rate (bytes read + written per second, L2 flushed): the DRAM
+    rate the --emulated model uses."""
+    src, dst = be.empty(nbytes // 4), be.empty(nbytes // 4)
+    ms = Timer(be)(lambda: dst.__setitem__(Ellipsis, src), 2, 5)
+    return 2 * nbytes / (ms / 1e3)
+
+
 def device_name(be):
     if be.name != "cuda":
         return f"CPU ({platform.processor() or platform.machine()}), {be.name} backend"
@@ -496,6 +511,104 @@ def versions(torch):
     return v
 
 
+def load_measured(path):
+    """{case name: measured ms} from a GPU run's JSON ({} if there is none)."""
+    if not path or not Path(path).exists():
+        return {}, None
+    d = json.loads(Path(path).read_text())
+    return {r["name"]: r["ours_ms"] for r in d["results"] if r.get("ours_ms")}, d
+
+
+def run_emulated(args):
+    """Model every case's H200 time from the emulator's counters; returns the JSON summary."""
+    import os
+
+    import emu_model
+    from pyalexnet.backends import EmuBackend
+
+    be = EmuBackend(threads=args.threads or os.cpu_count(), profile=True,
+                    profile_blocks=args.blocks)
+    measured, measured_doc = load_measured(args.measured)
+    dev = emu_model.H200
+    if measured_doc and measured_doc.get("copy_bandwidth_bytes_per_s"):  # measured beats assumed
+        dev = dataclasses.replace(dev, dram_bw=measured_doc["copy_bandwidth_bytes_per_s"])
+    usage = emu_model.resource_usage(sorted((ROOT / "kernels").glob("*.cu")), ROOT / "build")
+    if not usage:
+        print("nvcc not found: occupancy assumes 32 registers per thread and no static shared memory")
+    batch = args.batch or 128
+    if measured_doc and measured_doc.get("batch") != batch:
+        print(f"measured at batch {measured_doc.get('batch')}, modeled at {batch}: not compared")
+        measured, measured_doc = {}, None
+    cases = Builder(be, None, batch, 1, np.random.default_rng(0)).all()
+    if args.only:
+        cases = [c for c in cases if any(o in c.name for o in args.only)]
+    print(f"modeled {emu_model.H200.name} at batch {batch}: counters of at most {args.blocks} blocks "
+          f"per launch (evenly spread), scaled to the grid; measured: "
+          f"{args.measured if measured else 'none'}")
+    print(f"{'case':28s} {'model ms':>9s} {'H200 ms':>9s} {'mod/meas':>8s} {'bound':>6s} "
+          f"{'GFLOP':>8s} {'DRAM MB':>8s} {'ld sec/req':>10s} {'st sec/req':>10s} {'gld eff':>7s} "
+          f"{'smem wf/ideal':>13s} {'warps/SM':>8s} {'blocks':>12s}")
+    rows = []
+    for c in cases:
+        be.profiles.clear()
+        c.ours()
+        launches = [emu_model.model_launch(p, usage, dev) for p in be.profiles]
+        tot = {k: sum(m["counters"].get(k, 0.0) for m in launches) for k in (
+            "global_load_requests", "global_load_sectors", "global_load_bytes",
+            "global_store_requests", "global_store_sectors", "global_store_bytes",
+            "shared_load_wavefronts", "shared_store_wavefronts", "shared_load_ideal_wavefronts",
+            "shared_store_ideal_wavefronts", "dram_bytes", "dram_bytes_lower_bound", "flops",
+            "barriers", "atomics_global", "atomics_shared")}
+        model_ms = 1e3 * sum(m["seconds"] for m in launches)
+        main = max(launches, key=lambda m: m["seconds"])
+        meas = measured.get(c.name)
+        row = {"name": c.name, "shape": c.shape, "model_ms": model_ms, "measured_ms": meas,
+               "ratio": model_ms / meas if meas else None, "bound": main["bound"],
+               "memory_bound_op": not c.flops, **tot,
+               "launches": [{"kernel": p["kernel"], "grid": p["grid"], "block": p["block"],
+                             "blocks_run": p["blocks_run"], "blocks_total": p["blocks_total"],
+                             "model_ms": 1e3 * m["seconds"], "bound": m["bound"],
+                             "terms_ms": {k: 1e3 * v for k, v in m["terms"].items()},
+                             "registers": m["registers"], "static_shared": m["static_shared"],
+                             "blocks_per_sm": m["blocks_per_sm"], "warps_per_sm": m["warps_per_sm"],
+                             "limited_by": m["limited_by"], "tail": m["tail"],
+                             "profile": p}
+                            for p, m in zip(be.profiles, launches)]}
+        rows.append(row)
+
+        def per(a, b):
+            return tot[a] / tot[b] if tot[b] else None
+        eff = per("global_load_bytes", "global_load_sectors")
+        wf = tot["shared_load_wavefronts"] + tot["shared_store_wavefronts"]
+        ideal = tot["shared_load_ideal_wavefronts"] + tot["shared_store_ideal_wavefronts"]
+        blocks = f"{sum(p['blocks_run'] for p in be.profiles)}/{sum(p['blocks_total'] for p in be.profiles)}"
+        print(f"{c.name:28s} {model_ms:9.3f} {fmt(meas, '9.3f')} {fmt(row['ratio'], '8.2f')} "
+              f"{main['bound']:>6s} {tot['flops'] / 1e9:8.1f} {tot['dram_bytes'] / 1e6:8.1f} "
+              f"{fmt(per('global_load_sectors', 'global_load_requests'), '10.2f')} "
+              f"{fmt(per('global_store_sectors', 'global_store_requests'), '10.2f')} "
+              f"{fmt(eff and 100 * eff / 32, '6.0f')}% "
+              f"{fmt(wf / ideal if ideal else None, '13.2f')} {main['warps_per_sm']:8d} {blocks:>12s}",
+              flush=True)
+    both = [r for r in rows if r["measured_ms"]]
+    rho = emu_model.spearman([r["model_ms"] for r in both], [r["measured_ms"] for r in both]) if len(both) > 2 else None
+    within2 = [r for r in both if 0.5 <= r["ratio"] <= 2]
+    if both:
+        print(f"rank correlation (Spearman) of modeled vs measured over {len(both)} rows: {rho:.2f}; "
+              f"within 2x: {len(within2)}/{len(both)}")
+        mem = [r for r in both if r["memory_bound_op"]]
+        if mem:
+            print(f"memory-bound ops (LRN, pooling, ...) within 2x: "
+                  f"{sum(0.5 <= r['ratio'] <= 2 for r in mem)}/{len(mem)}")
+    return {"device": dev.name, "backend": "emu (profiling build)", "batch": batch,
+            "blocks_per_launch": args.blocks, "model": asdict(dev),
+            "measured": args.measured if measured else None,
+            "measured_date": measured_doc and measured_doc.get("date"),
+            "rank_correlation": rho, "within_2x": len(within2), "rows_compared": len(both),
+            "memory_bound_within_2x": sum(0.5 <= r["ratio"] <= 2 for r in both if r["memory_bound_op"]),
+            "memory_bound_rows": sum(r["memory_bound_op"] for r in both),
+            "results": rows}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default=None, help="cuda, emu or numpy (default: auto)")
@@ -506,7 +619,25 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", help="run only cases whose name contains one of these")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/...)")
+    ap.add_argument("--emulated", action="store_true",
+                    help="model H200 times from the emulator's counters (needs pyalexnet._emu_profile)")
+    ap.add_argument("--blocks", type=int, default=16, help="--emulated: blocks run per launch")
+    ap.add_argument("--threads", type=int, default=None, help="--emulated: OS threads (default: all cores)")
+    ap.add_argument("--measured", default=str(ROOT / "benchmarks" / "results" / "h200-20261130" / "kernels.json"),
+                    help="--emulated: a GPU run's JSON to compare with")
     args = ap.parse_args(argv)
+    if args.emulated:
+        if args.blocks < 1:
+            ap.error("--blocks must be at least 1")
+        t0 = time.perf_counter()
+        summary = run_emulated(args)
+        summary["seconds"] = time.perf_counter() - t0
+        stamp = datetime.datetime.now(datetime.timezone.utc)
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"kernels-emulated-{stamp:%Y%m%d}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=1))
+        print(f"{summary['seconds']:.0f} s; wrote {out}")
+        return 0
     print_header()
     be, batch, small, torch, results, failures, ratios = run(args)
     name = device_name(be)
@@ -524,6 +655,9 @@ def main(argv=None):
         "repeats": args.repeats, "geomean_ratio": float(np.exp(np.mean(np.log(with_base)))) if with_base else None,
         "validation_failures": failures, "version_ratios": ratios,
         "results": [asdict(r) for r in results]}
+    if be.name == "cuda":
+        summary["copy_bandwidth_bytes_per_s"] = copy_bandwidth(be)
+        print(f"device copy bandwidth: {summary['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
     out.write_text(json.dumps(summary, indent=1))
     if with_base:
         print(f"geometric mean of ours/baseline time: {summary['geomean_ratio']:.2f}")

@@ -3,7 +3,12 @@
 # pyalexnet from this working tree using only packages already there (CuPy, NumPy,
 # Pillow, pybind11, pytest, PyTorch), runs the whole test suite on the cuda backend, the
 # kernel benchmark and a short end-to-end AlexNet run, and writes logs plus summary.json
-# into $OUT (default: a new temporary folder). Budget: under 8 minutes.
+# into $OUT (default: a new temporary folder). Budget: under 8 minutes (about 2 without
+# the crash reruns, which are bounded to 6).
+#
+# A crash leaves evidence in $OUT/crash/: the compiler and flags the emulator was built
+# with, every pytest worker's faulthandler output (in the pytest logs), core dumps with a
+# gdb backtrace of each, and an emulator-only rerun (8 workers, repeated) to reproduce it.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 set -u
@@ -14,6 +19,12 @@ mkdir -p "$OUT"
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/pyalexnet-cupy-cache}
 T0=$(date +%s)
 step() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.log"; }
+mkdir -p "$OUT/crash"
+# core dumps: into $OUT/crash where the kernel lets us choose, else wherever core_pattern says
+ulimit -c unlimited 2>/dev/null || true
+cat /proc/sys/kernel/core_pattern > "$OUT/crash/core_pattern.txt" 2>&1
+echo "$OUT/crash/core.%e.%p" > /proc/sys/kernel/core_pattern 2>/dev/null || true
+export PYTHONFAULTHANDLER=1
 
 step "device"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
@@ -21,11 +32,19 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
   > "$OUT/versions.txt" 2>&1
 
 step "install (no network, no build isolation)"
-if ! "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1; then
+# -v: the log keeps every compiler command line
+if ! "$PY" -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1; then
   step "pip install failed; building the extension in place instead"
   "$PY" setup.py build_ext --inplace >> "$OUT/install.log" 2>&1
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+
+{
+  "$PY" -c "import sysconfig as s; print('python', s.get_python_version(), 'CC', s.get_config_var('CC')); print('CFLAGS', s.get_config_var('CFLAGS'))"
+  g++ --version | head -1; clang++ --version 2>/dev/null | head -1
+  "$PY" -c "import pyalexnet._emu as m; print('pyalexnet._emu', m.BUILD_INFO)"
+  grep -E "^\s*(g\+\+|gcc|c\+\+|x86_64-linux-gnu-g)" "$OUT/install.log" | head -5
+} > "$OUT/crash/build-info.txt" 2>&1
 
 step "test suite on the cuda backend"
 # CPU-side tests (references, emulator) run alongside in worker processes when
@@ -37,6 +56,29 @@ PYALEXNET_TEST_BACKENDS=cuda PYALEXNET_EMU_THREADS=2 timeout "${TEST_TIMEOUT:-15
   --junitxml="$OUT/junit-cuda.xml" > "$OUT/pytest-cuda.log" 2>&1
 echo "pytest exit $?" >> "$OUT/pytest-cuda.log"
 tail -3 "$OUT/pytest-cuda.log" | tee -a "$OUT/steps.log"
+
+step "emulator tests alone, 8 workers, three times (reproduce a crash)"
+for i in 1 2 3; do
+  timeout 60 "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests/test_emulator.py \
+    > "$OUT/crash/pytest-emulator-$i.log" 2>&1
+  echo "pytest exit $?" >> "$OUT/crash/pytest-emulator-$i.log"
+done
+grep -h "pytest exit\|passed\|failed\|crashed" "$OUT"/crash/pytest-emulator-*.log | tee -a "$OUT/steps.log"
+if LIBS=$(timeout 150 "$PY" kernels/emu/build.py asan 2>>"$OUT/crash/asan.log" >/dev/null && "$PY" -c \
+    "import sys; sys.path.insert(0, 'kernels/emu'); import build; print(build.sanitizer_runtime())"); then
+  step "emulator tests on the ASan/UBSan build"
+  ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:handle_segv=0:allow_user_segv_handler=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LD_PRELOAD="$LIBS" PYALEXNET_EMU_TEST_BUILD=asan \
+    timeout 90 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_emulator.py >> "$OUT/crash/asan.log" 2>&1
+  echo "pytest exit $?" >> "$OUT/crash/asan.log"
+fi
+# a backtrace of every core dump (the core itself too, when small enough to bring back)
+for c in core core.[0-9]*; do [ -f "$c" ] && mv "$c" "$OUT/crash/"; done
+for core in "$OUT"/crash/core*; do
+  [ -f "$core" ] && [ "${core%.bt.txt}" = "$core" ] && [ "${core%_pattern.txt}" = "$core" ] || continue
+  gdb -batch -ex "info sharedlibrary" -ex "thread apply all bt" "$PY" "$core" > "$core.bt.txt" 2>&1 || true
+  [ "$(stat -c %s "$core")" -lt 200000000 ] || rm -f "$core"
+done
 
 step "kernel benchmark (batch 128, vs cuDNN/cuBLAS)"
 timeout "${BENCH_TIMEOUT:-90}" "$PY" benchmarks/bench_kernels.py --repeats 10 --out "$OUT/kernels.json" \

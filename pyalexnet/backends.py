@@ -149,20 +149,31 @@ class EmuBackend(Backend):
     (env PYALEXNET_EMU_ORDER); seed: for the random order (env PYALEXNET_EMU_SEED);
     check_bounds: run every launch on guarded copies of its arrays and raise if a kernel
     wrote outside one (env PYALEXNET_EMU_CHECK_BOUNDS=1); see GuardedArgs.
+    profile: run on the profiling build pyalexnet._emu_profile (env PYALEXNET_EMU_PROFILE=1)
+    and keep each launch's counters (a dict: global and shared memory requests, sectors,
+    bank-conflict wavefronts, barriers, atomics, per-array traffic) in ``last_profile`` and
+    ``profiles``; profile_blocks: run only that many blocks of each grid, evenly spread (the
+    counts are then those of the blocks run; ``blocks_run``/``blocks_total`` say so).
+    module: the compiled emulator to use instead (the test suite passes its own builds).
     """
 
     name = "emu"
     runs_kernels = True
     ORDERS = ("forward", "reverse", "random")
 
-    def __init__(self, threads=None, order=None, seed=None, check_bounds=None):
-        try:
-            from . import _emu
-        except ImportError as e:
-            raise BackendUnavailable(
-                "the emu backend needs the compiled extension pyalexnet._emu; build it with "
-                f"`pip install -e .` ({e})") from e
-        self._emu = _emu
+    def __init__(self, threads=None, order=None, seed=None, check_bounds=None, profile=None,
+                 profile_blocks=None, module=None):
+        if profile is None:
+            profile = os.environ.get("PYALEXNET_EMU_PROFILE", "0") not in ("", "0")
+        self.profile = bool(profile)
+        if module is None:
+            module = self._load_module("_emu_profile" if self.profile else "_emu")
+        if self.profile and not getattr(module, "PROFILER", False):
+            raise ValueError(f"emu profile=True needs a profiling build; {module.__name__} is not one")
+        self._emu = module
+        self.profile_blocks = int(profile_blocks or 0)
+        self.last_profile = None
+        self.profiles = []  # (kernel, counters) of every profiled launch; clear it at will
         self.threads = int(threads or os.environ.get("PYALEXNET_EMU_THREADS") or os.cpu_count())
         self.order = order or os.environ.get("PYALEXNET_EMU_ORDER", "forward")
         if self.order not in self.ORDERS:
@@ -173,6 +184,17 @@ class EmuBackend(Backend):
         self.check_bounds = bool(check_bounds)
         self._files = {}
         self.last_fibers = 0  # fiber stacks the last launch's busiest block held at once
+
+    @staticmethod
+    def _load_module(name):
+        import importlib
+        try:
+            return importlib.import_module(f"pyalexnet.{name}")
+        except ImportError as e:
+            why = (" (it is built only where clang++ is installed)" if name == "_emu_profile" else "")
+            raise BackendUnavailable(
+                f"the emu backend needs the compiled extension pyalexnet.{name}{why}; build it "
+                f"with `pip install -e .` ({e})") from e
 
     _recording = None  # the launches of a graph being captured
 
@@ -215,15 +237,21 @@ class EmuBackend(Backend):
         try:
             self.last_fibers = self._emu.launch(kernel, grid, block, shared_mem,
                                                 guard.args if guard else args, self.threads,
-                                                self.ORDERS.index(self.order), self.seed)
+                                                self.ORDERS.index(self.order), self.seed,
+                                                self.profile_blocks)
         except RuntimeError as e:
             raise KernelError(str(e)) from None
+        if self.profile:
+            self.last_profile = dict(self._emu.last_profile(), kernel=kernel, grid=grid,
+                                     block=block, shared_mem=shared_mem)
+            self.profiles.append(self.last_profile)
         if guard:
             guard.check_and_copy_back(kernel)
 
     def __repr__(self):
         return (f"<pyalexnet backend emu threads={self.threads} order={self.order} "
-                f"seed={self.seed}{' check_bounds' if self.check_bounds else ''}>")
+                f"seed={self.seed}{' check_bounds' if self.check_bounds else ''}"
+                f"{' profile' if self.profile else ''}>")
 
 
 class GuardedArgs:

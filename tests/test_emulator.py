@@ -1,21 +1,24 @@
 """The CUDA host emulator proves itself: barriers, warp operations, shared memory,
-atomics across OS threads, thread orders and both context switches."""
+atomics across OS threads, thread orders, both context switches, and faults that become
+errors. The kernels of tests/kernels/ run on the test suite's own build of the emulator
+(tests/emu_builds.py), in the variant PYALEXNET_EMU_TEST_BUILD names."""
 import numpy as np
 import pytest
 
+from emu_builds import emu_build, selftest_build
 from pyalexnet.backends import EmuBackend, KernelError
 
-SELFTEST = "emu/selftest.cu"
+SELFTEST = "selftest.cu"
 ORDERS = ["forward", "reverse", "random"]
 
 
 @pytest.fixture(scope="module")
 def emu_module():
-    return EmuBackend()._emu
+    return selftest_build()
 
 
-def emu(order="forward", seed=7, threads=2):
-    return EmuBackend(threads=threads, order=order, seed=seed)
+def emu(order="forward", seed=7, threads=2, **options):
+    return EmuBackend(threads=threads, order=order, seed=seed, module=selftest_build(), **options)
 
 
 def matmul(be, kernel, a, b):
@@ -184,6 +187,8 @@ def test_both_context_switches(emu_module, switch):
         test_tiled_matmul_with_barriers_is_correct("random", 45)
         test_shuffle_reduction_in_some_warps_only("reverse")
         test_divergent_barrier_raises_with_file_and_lines()
+        test_segmentation_fault_is_a_kernel_error()
+        test_fiber_stack_overflow_is_a_kernel_error()
     finally:
         emu_module.set_switch(before)
 
@@ -217,7 +222,7 @@ def test_launch_errors_are_clear():
 
 def test_bounds_check_reports_writes_outside_an_array():
     y = np.zeros(100, np.float32)
-    checked = EmuBackend(check_bounds=True)
+    checked = emu(check_bounds=True)
     checked.launch(SELFTEST, "selftest_write_past_end", 4, 32, [y, np.int32(100), np.int32(0)])
     assert np.all(y == 1.0)  # results come back to the caller's array
     with pytest.raises(KernelError, match=r"wrote outside array argument 0 .*12 bytes past its end"):
@@ -226,10 +231,54 @@ def test_bounds_check_reports_writes_outside_an_array():
 
 
 def test_bounds_check_keeps_aliases_and_alignment():
-    be = EmuBackend(check_bounds=True)
+    be = emu(check_bounds=True)
     x = np.array([-1.0, 2.0, -3.0, 4.0, 5.0], np.float32)
     be.launch("relu.cu", "relu_forward", 1, 32, [x, x, np.int64(5)])  # in place: one copy
     np.testing.assert_array_equal(x, [0, 2, 0, 4, 5])
     from pyalexnet.backends import GuardedArgs
     g = GuardedArgs([x, x, np.int32(1)])
     assert g.args[0] is g.args[1] and g.args[0].ctypes.data % 256 == 0
+
+
+def test_segmentation_fault_is_a_kernel_error():
+    """A wild write faults on the CPU: the launch raises, the process lives on, and the
+    emulator keeps working."""
+    y = np.zeros(32, np.float32)
+    with pytest.raises(KernelError, match=r"selftest_segfault, block \(0,0,0\): thread \(5,0,0\): "
+                                          r"segmentation fault at address"):
+        emu().launch(SELFTEST, "selftest_segfault", 1, 32, [y, np.int64(1 << 40)])
+    emu().launch(SELFTEST, "selftest_segfault", 1, 32, [y, np.int64(3)])
+    assert y[3] == 1.0
+
+
+def test_fiber_stack_overflow_is_a_kernel_error():
+    out = np.zeros(64, np.int32)
+    emu().launch(SELFTEST, "selftest_deep_recursion", 1, 64, [out, np.int32(20)])
+    assert np.all(out == 21)
+    with pytest.raises(KernelError, match="stack .* overflowed"):
+        emu().launch(SELFTEST, "selftest_deep_recursion", 1, 64, [out, np.int32(100000)])
+
+
+def test_product_build_has_no_selftest_kernels():
+    import pyalexnet._emu as product
+    assert "relu_forward" in product.kernel_names()
+    assert not [k for k in product.kernel_names() if k.startswith(("selftest_", "prof_"))]
+    assert "selftest_tiled_matmul" in selftest_build().kernel_names()
+
+
+def test_build_records_its_compiler():
+    info = selftest_build().BUILD_INFO
+    assert info["compiler"].split()[0] in ("g++", "clang") and "-O" in info["flags"]
+
+
+@pytest.mark.parametrize("path", sorted(emu_build.TEST_KERNELS.glob("*.cu")), ids=lambda p: p.name)
+def test_test_kernels_are_plain_cuda(path, monkeypatch):
+    """The test kernels compile with nvcc too (spills allowed: one recurses on purpose)."""
+    import re
+
+    from pyalexnet.compile_check import find_nvcc, nvcc_check
+    if find_nvcc() is None:
+        pytest.skip("nvcc not installed")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)  # the ASan run's runtime is not nvcc's
+    r = nvcc_check(path, "sm_90")
+    assert r.kernels and not re.search(r"\berror\b", r.log, re.I), r.log

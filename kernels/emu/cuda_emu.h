@@ -53,6 +53,42 @@
 // ---- vector types (aggregates, so they can live in __shared__) ----------------------
 struct uint3;
 struct dim3;
+#ifdef CUEMU_PROFILE
+// ---- profiling build: vector types copied whole -------------------------------------
+// A copy of a plain struct of four floats is split into four 4-byte accesses before the
+// coverage pass sees it; copying through a clang vector keeps it one 16-byte access, as
+// the GPU's LDG.128/LDS.128. Same fields, same layout as the plain build's aggregates.
+#define CUEMU_VEC(T, N, A, n, ...)                                                       \
+  struct alignas(A) N {                                                                  \
+    T __VA_ARGS__;                                                                       \
+    typedef T V __attribute__((ext_vector_type(n)));                                     \
+    N() = default;                                                                       \
+    N(const N& o) { *reinterpret_cast<V*>(this) = *reinterpret_cast<const V*>(&o); }      \
+    N& operator=(const N& o) {                                                           \
+      *reinterpret_cast<V*>(this) = *reinterpret_cast<const V*>(&o);                     \
+      return *this;                                                                      \
+    }                                                                                    \
+  };
+CUEMU_VEC(float, float2, 8, 2, x, y)
+CUEMU_VEC(float, float4, 16, 4, x, y, z, w)
+CUEMU_VEC(int, int2, 8, 2, x, y)
+CUEMU_VEC(int, int4, 16, 4, x, y, z, w)
+CUEMU_VEC(unsigned, uint2, 8, 2, x, y)
+CUEMU_VEC(unsigned, uint4, 16, 4, x, y, z, w)
+#undef CUEMU_VEC
+#define CUEMU_MAKE(T, N) \
+  static inline N make_##N(T x, T y) { N v; v.x = x; v.y = y; return v; }
+#define CUEMU_MAKE4(T, N) \
+  static inline N make_##N(T x, T y, T z, T w) { N v; v.x = x; v.y = y; v.z = z; v.w = w; return v; }
+CUEMU_MAKE(float, float2)
+CUEMU_MAKE4(float, float4)
+CUEMU_MAKE(int, int2)
+CUEMU_MAKE4(int, int4)
+CUEMU_MAKE(unsigned, uint2)
+CUEMU_MAKE4(unsigned, uint4)
+#undef CUEMU_MAKE
+#undef CUEMU_MAKE4
+#else  // ---- end of the profiling block -----------------------------------------------
 #define CUEMU_VEC2(T, N, A) struct alignas(A) N { T x, y; }; \
   static inline N make_##N(T x, T y) { return N{x, y}; }
 #define CUEMU_VEC4(T, N, A) struct alignas(A) N { T x, y, z, w; }; \
@@ -65,6 +101,7 @@ CUEMU_VEC2(unsigned, uint2, 8)
 CUEMU_VEC4(unsigned, uint4, 16)
 #undef CUEMU_VEC2
 #undef CUEMU_VEC4
+#endif  // CUEMU_PROFILE
 
 // ---- math intrinsics --------------------------------------------------------------
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
@@ -134,3 +171,27 @@ static inline unsigned atomicCAS(unsigned* p, unsigned cmp, unsigned v) {
   __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   return cmp;
 }
+
+#ifdef CUEMU_PROFILE
+// ---- profiling build: atomics are counted -------------------------------------------
+// Each atomic is one operation of the profile; the loads and stores of its emulation (the
+// compare-and-swap loop of a float add) are not memory requests of their own.
+#include "profile.h"
+#define CUEMU_PROF_ATOMIC(name)                                        \
+  template <class T, class... A>                                       \
+  static inline T cuemu_prof_##name(T* p, A... a) {                    \
+    ::cuemu::prof::AtomicScope scope(p);                               \
+    return name(p, a...);                                              \
+  }
+CUEMU_PROF_ATOMIC(atomicAdd)
+CUEMU_PROF_ATOMIC(atomicMax)
+CUEMU_PROF_ATOMIC(atomicMin)
+CUEMU_PROF_ATOMIC(atomicExch)
+CUEMU_PROF_ATOMIC(atomicCAS)
+#undef CUEMU_PROF_ATOMIC
+#define atomicAdd cuemu_prof_atomicAdd
+#define atomicMax cuemu_prof_atomicMax
+#define atomicMin cuemu_prof_atomicMin
+#define atomicExch cuemu_prof_atomicExch
+#define atomicCAS cuemu_prof_atomicCAS
+#endif  // CUEMU_PROFILE

@@ -2,19 +2,38 @@
 // operations and the multi-threaded grid launch. See runtime.h for the model.
 #include "runtime.h"
 
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <numeric>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 #include <thread>
+
+#ifdef CUEMU_PROFILE
+#include "profile.h"
+#endif
+
+// ---- AddressSanitizer: tell it about every stack switch ----------------------------
+#if defined(__SANITIZE_ADDRESS__)
+#define CUEMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CUEMU_ASAN 1
+#endif
+#endif
+#ifdef CUEMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 namespace cuemu {
 
@@ -61,9 +80,12 @@ cuemu_ctx_switch:
   .hidden cuemu_ctx_entry
   .type cuemu_ctx_entry,@function
 cuemu_ctx_entry:
+  .cfi_startproc
+  .cfi_undefined rip
   movq %r12, %rdi
   callq *%r13
   ud2
+  .cfi_endproc
   .size cuemu_ctx_entry,.-cuemu_ctx_entry
 )");
 extern "C" void cuemu_ctx_switch(void** save_sp, void* load_sp);
@@ -83,20 +105,25 @@ std::string get_switch() { return g_use_asm ? "asm" : "ucontext"; }
 
 // ---- stacks -------------------------------------------------------------------------
 static const size_t kStackBytes = 256 * 1024;  // kernels keep register tiles on it
+// Below each stack: a frame larger than one page can step over a one-page guard into the
+// next mapping (another fiber's stack) without a fault.
+static const size_t kGuardBytes = 64 * 1024;
+size_t fiber_stack_bytes() { return kStackBytes; }
 
 struct Stack {
-  char* base;  // lowest address, a guard page
+  char* base;  // lowest address: kGuardBytes of guard, then the stack
   size_t size;
   ucontext_t uctx;
 };
 
 static Stack* new_stack() {
-  void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = mmap(nullptr, kGuardBytes + kStackBytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot allocate a fiber stack");
-  mprotect(p, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE);
+  mprotect(p, kGuardBytes, PROT_NONE);
   Stack* s = new Stack;
   s->base = (char*)p;
-  s->size = kStackBytes;
+  s->size = kGuardBytes + kStackBytes;
   return s;
 }
 
@@ -109,13 +136,32 @@ struct Sched {
   void* sp = nullptr;  // the scheduler's own stack pointer while a fiber runs
   ucontext_t uctx;
   const std::function<void()>* body = nullptr;
+  // A C++ exception that left a kernel: caught on the fiber's stack (an exception must
+  // never unwind across a stack switch), reported by the scheduler.
+  std::string fiber_error;
+  // Where a fault inside a fiber jumps back to (armed while a fiber runs).
+  sigjmp_buf fault_env;
+  volatile sig_atomic_t fault_armed = 0;
+  int fault_sig = 0;
+  void* fault_addr = nullptr;
+  const void* asan_bottom = nullptr;  // the scheduler's stack, for ASan's switch notes
+  size_t asan_size = 0;
 };
 static thread_local Sched tls_sched;
 
 static void suspend(ThreadCtx* t);
 
 static void fiber_main(ThreadCtx* t) {
-  (*tls_sched.body)();
+#ifdef CUEMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &tls_sched.asan_bottom, &tls_sched.asan_size);
+#endif
+  try {
+    (*tls_sched.body)();
+  } catch (const std::exception& e) {
+    tls_sched.fiber_error = std::string("C++ exception in the kernel: ") + e.what();
+  } catch (...) {
+    tls_sched.fiber_error = "C++ exception of unknown type in the kernel";
+  }
   t->state = DONE;
   suspend(t);  // never resumed: the scheduler reuses the stack
   __builtin_unreachable();
@@ -127,6 +173,10 @@ static void ucontext_entry(unsigned lo, unsigned hi) {
 
 static void start_fiber(ThreadCtx* t, Stack* s) {
   t->stack = s;
+#ifdef CUEMU_ASAN
+  // an abandoned fiber (a fault, a failed block) left its frames' red zones behind
+  __asan_unpoison_memory_region(s->base + kGuardBytes, s->size - kGuardBytes);
+#endif
   if (g_use_asm) {
 #if CUEMU_HAVE_ASM
     uintptr_t top = ((uintptr_t)(s->base + s->size)) & ~(uintptr_t)15;
@@ -158,6 +208,10 @@ static void start_fiber(ThreadCtx* t, Stack* s) {
 
 static void resume(ThreadCtx* t) {
   tls_cur.thread = t;
+#ifdef CUEMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, t->stack->base, t->stack->size);
+#endif
   if (g_use_asm) {
 #if CUEMU_HAVE_ASM
     cuemu_ctx_switch(&tls_sched.sp, t->sp);
@@ -165,9 +219,17 @@ static void resume(ThreadCtx* t) {
   } else {
     swapcontext(&tls_sched.uctx, (ucontext_t*)t->uctx);
   }
+#ifdef CUEMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
 }
 
 static void suspend(ThreadCtx* t) {
+#ifdef CUEMU_ASAN
+  // a finished fiber's fake stack can go (nullptr); a parked one keeps it
+  __sanitizer_start_switch_fiber(t->state == DONE ? nullptr : &t->asan_fake, tls_sched.asan_bottom,
+                                 tls_sched.asan_size);
+#endif
   if (g_use_asm) {
 #if CUEMU_HAVE_ASM
     cuemu_ctx_switch(&t->sp, tls_sched.sp);
@@ -175,6 +237,81 @@ static void suspend(ThreadCtx* t) {
   } else {
     swapcontext((ucontext_t*)t->uctx, &tls_sched.uctx);
   }
+#ifdef CUEMU_ASAN
+  __sanitizer_finish_switch_fiber(t->asan_fake, &tls_sched.asan_bottom, &tls_sched.asan_size);
+#endif
+}
+
+// ---- faults inside a kernel become errors ------------------------------------------
+// A segmentation fault, bus error, illegal instruction or arithmetic trap on a fiber
+// jumps back to the scheduler, which reports it as a kernel error (the fiber is
+// abandoned; kernels hold no resources). Anywhere else the previous handler (Python's
+// faulthandler, or the default action) gets the signal. The handler runs on a per-thread
+// alternate stack: a fiber that overflowed its stack has no room left for it.
+static const int kFaultSignals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE};
+static struct sigaction g_prev_action[32];
+static std::mutex g_signal_mu;
+
+static void fault_handler(int sig, siginfo_t* info, void* uc) {
+  if (tls_sched.fault_armed) {
+    tls_sched.fault_armed = 0;
+    tls_sched.fault_sig = sig;
+    tls_sched.fault_addr = info->si_addr;
+#ifdef CUEMU_ASAN
+    // leaving the fiber for good: ASan must know the stack changes back
+    __sanitizer_start_switch_fiber(nullptr, tls_sched.asan_bottom, tls_sched.asan_size);
+#endif
+    siglongjmp(tls_sched.fault_env, 1);
+  }
+  const struct sigaction& prev = g_prev_action[sig];
+  if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
+    prev.sa_sigaction(sig, info, uc);
+  } else if (prev.sa_handler != SIG_IGN && prev.sa_handler != SIG_DFL && prev.sa_handler) {
+    prev.sa_handler(sig);
+  } else {
+    signal(sig, SIG_DFL);  // returning re-executes the faulting instruction: default action
+  }
+}
+
+// Installs the handler (again, if someone replaced it since: faulthandler may be enabled
+// after this module was loaded) and this OS thread's alternate signal stack.
+static void arm_fault_handling() {
+  static thread_local std::vector<char> alt;
+  if (alt.empty()) {
+    alt.resize(64 * 1024);
+    stack_t ss{};
+    ss.ss_sp = alt.data();
+    ss.ss_size = alt.size();
+    stack_t old{};
+    sigaltstack(nullptr, &old);
+    if (old.ss_flags & SS_DISABLE) sigaltstack(&ss, nullptr);  // keep one a host installed
+  }
+  std::lock_guard<std::mutex> g(g_signal_mu);
+  for (int sig : kFaultSignals) {
+    struct sigaction cur{};
+    sigaction(sig, nullptr, &cur);
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fault_handler) continue;
+    struct sigaction sa{};
+    sa.sa_sigaction = fault_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;  // NODEFER: siglongjmp leaves it unblocked
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, &g_prev_action[sig]);
+  }
+}
+
+static std::string describe_fault(const ThreadCtx& t) {
+  const char* what = tls_sched.fault_sig == SIGSEGV ? "segmentation fault"
+                     : tls_sched.fault_sig == SIGBUS ? "bus error"
+                     : tls_sched.fault_sig == SIGILL ? "illegal instruction (a trap)"
+                                                     : "arithmetic exception";
+  char addr[32];
+  std::snprintf(addr, sizeof addr, "%p", tls_sched.fault_addr);
+  std::string o = "thread (" + std::to_string(t.tid.x) + "," + std::to_string(t.tid.y) + "," +
+                  std::to_string(t.tid.z) + "): " + what + " at address " + addr;
+  char* a = (char*)tls_sched.fault_addr;
+  if (t.stack && a >= t.stack->base - (1 << 20) && a < t.stack->base + kGuardBytes)
+    o += ": the fiber's stack (" + std::to_string(kStackBytes / 1024) + " KiB) overflowed";
+  return o;
 }
 
 // ---- what kernels call --------------------------------------------------------------
@@ -203,9 +340,7 @@ unsigned long long warp_exchange(int op, unsigned mask, unsigned long long bits,
 
 // ---- block scheduler ----------------------------------------------------------------
 static std::string where(const ThreadCtx& t) {
-  std::ostringstream o;
-  o << t.file << ":" << t.line;
-  return o.str();
+  return std::string(t.file) + ":" + std::to_string(t.line);
 }
 
 struct BlockRunner {
@@ -223,10 +358,10 @@ struct BlockRunner {
   }
 
   [[noreturn]] void fail(const std::string& msg) {
-    std::ostringstream o;
+
     uint3 b = tls_cur.block_idx;
-    o << "kernel " << *name << ", block (" << b.x << "," << b.y << "," << b.z << "): " << msg;
-    throw std::runtime_error(o.str());
+    throw std::runtime_error("kernel " + *name + ", block (" + std::to_string(b.x) + "," +
+                             std::to_string(b.y) + "," + std::to_string(b.z) + "): " + msg);
   }
 
   // Completes every warp operation whose lanes have all arrived. Each lane's result is
@@ -323,7 +458,20 @@ struct BlockRunner {
           continue;
         }
         t.state = READY;
+        if (sigsetjmp(tls_sched.fault_env, 0)) {
+#ifdef CUEMU_ASAN
+          __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+          fail(describe_fault(t));
+        }
+        tls_sched.fault_armed = 1;
         resume(&t);
+        tls_sched.fault_armed = 0;
+        if (!tls_sched.fiber_error.empty()) {
+          std::string msg = "thread " + std::to_string(i) + ": " + tls_sched.fiber_error;
+          tls_sched.fiber_error.clear();
+          fail(msg);
+        }
         if (t.state == DONE) free_stacks.push_back(t.stack);  // the plain-loop fast path
       }
       if (resolve_warps(n)) continue;
@@ -344,6 +492,9 @@ struct BlockRunner {
         }
       }
       if (live == 0) break;
+#ifdef CUEMU_PROFILE
+      prof::barrier();
+#endif
       for (int i = 0; i < n; ++i)
         if (ctx[i].state == BAR_WAIT) ctx[i].state = READY;
     }
@@ -361,8 +512,10 @@ int launch(const std::string& name, const std::function<void()>& body, dim3 grid
     throw std::invalid_argument("kernel " + name + ": gridDim.y/z above 65535");
   unsigned long long nblocks = (unsigned long long)grid.x * grid.y * grid.z;
   if (nblocks == 0) return 0;
+  // blocks to run: all, or max_blocks of them spread evenly over the grid
+  unsigned long long nrun = opt.max_blocks && opt.max_blocks < nblocks ? opt.max_blocks : nblocks;
   int workers = (int)std::max<unsigned long long>(1, std::min<unsigned long long>(
-                                                         (unsigned long long)std::max(1, opt.threads), nblocks));
+                                                         (unsigned long long)std::max(1, opt.threads), nrun));
   std::atomic<unsigned long long> next{0};
   std::atomic<bool> failed{false};
   std::mutex err_mu;
@@ -381,14 +534,25 @@ int launch(const std::string& name, const std::function<void()>& body, dim3 grid
     r.name = &name;
     tls_cur.block_dim = block;
     tls_cur.grid_dim = grid;
+    arm_fault_handling();
+#ifdef CUEMU_PROFILE
+    prof::worker_begin();
+#endif
     try {
       for (;;) {
         if (failed.load(std::memory_order_relaxed)) break;
-        unsigned long long b = next.fetch_add(1);
-        if (b >= nblocks) break;
+        unsigned long long i = next.fetch_add(1);
+        if (i >= nrun) break;
+        unsigned long long b = nrun == nblocks ? i : i * nblocks / nrun;
         tls_cur.block_idx = uint3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
                                   (unsigned)(b / ((unsigned long long)grid.x * grid.y))};
+#ifdef CUEMU_PROFILE
+        prof::block_begin((int)(block.x * block.y * block.z));
+#endif
         r.run(body, block, b);
+#ifdef CUEMU_PROFILE
+        prof::block_end();
+#endif
         int used = (int)r.stacks_used, seen = max_stacks.load();
         while (used > seen && !max_stacks.compare_exchange_weak(seen, used)) {
         }
@@ -397,6 +561,9 @@ int launch(const std::string& name, const std::function<void()>& body, dim3 grid
       std::lock_guard<std::mutex> g(err_mu);
       if (!failed.exchange(true)) err = e.what();
     }
+#ifdef CUEMU_PROFILE
+    prof::worker_end();
+#endif
     tls_cur.thread = nullptr;
     std::lock_guard<std::mutex> g(g_pool_mu);
     g_pool.push_back(std::move(stacks));

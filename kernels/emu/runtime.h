@@ -45,6 +45,7 @@ struct ThreadCtx {
   unsigned long long wval;
   int warg, wwidth;
   unsigned long long wresult;
+  void* asan_fake;     // AddressSanitizer's fake stack while suspended (ASan builds only)
 };
 
 struct Current {
@@ -88,10 +89,14 @@ struct LaunchOptions {
   int threads = 1;       // OS threads running blocks in parallel
   int order = FORWARD;
   unsigned long long seed = 0;
+  // Run only this many blocks, evenly spaced over the grid (0: all). The profiler samples
+  // a grid this way; the results of the blocks not run are missing.
+  unsigned long long max_blocks = 0;
 };
 
 // Runs body() once per CUDA thread of the grid. Throws std::runtime_error on a divergent
-// barrier or a warp operation that can never complete. Returns the most fiber stacks one
+// barrier, a warp operation that can never complete, or a fault (segmentation fault, a
+// fiber stack overflow, a C++ exception) inside a kernel: none of them ends the process. Returns the most fiber stacks one
 // block held at once: 1 means every thread ran straight through (no barrier reached).
 int launch(const std::string& name, const std::function<void()>& body, dim3 grid, dim3 block,
             const LaunchOptions& opt);
@@ -99,5 +104,8 @@ int launch(const std::string& name, const std::function<void()>& body, dim3 grid
 // "asm" (hand-written x86-64 switch) or "ucontext" (portable). Returns false if unknown.
 bool set_switch(const std::string& kind);
 std::string get_switch();
+
+// Bytes of each fiber's stack (kernels keep their register tiles on it).
+size_t fiber_stack_bytes();
 
 }  // namespace cuemu

@@ -1,6 +1,7 @@
-// Kernels that prove the emulator itself (tests/test_emulator.py). They are also compiled
-// by NVRTC and nvcc like every kernel, so they run on a GPU too.
-#include "../common.cuh"
+// Kernels that prove the emulator itself (tests/test_emulator.py). Only the test suite's
+// own emulator builds have them (kernels/emu/build.py: test_module), never pyalexnet._emu.
+// They are plain CUDA and compile with nvcc (-I kernels) too.
+#include "common.cuh"
 
 #define ST_TILE 16
 
@@ -122,4 +123,22 @@ extern "C" __global__ void selftest_geometry(int* out) {
 extern "C" __global__ void selftest_write_past_end(float* y, int n, int extra) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n + extra) y[i] = 1.0f;
+}
+
+// Writes far outside any array: a segmentation fault on the CPU, which the emulator must
+// report as a kernel error instead of ending the process.
+extern "C" __global__ void selftest_segfault(float* y, long long offset) {
+  if (threadIdx.x == 5) y[offset] = 1.0f;
+}
+
+// Recurses with a kilobyte per frame: past the fiber's stack for a large depth.
+__device__ __noinline__ int st_recurse(int depth, volatile char* prev) {
+  volatile char frame[1024];
+  frame[0] = (char)depth;
+  frame[1023] = prev ? prev[0] : 0;
+  return depth <= 0 ? frame[0] + frame[1023] : st_recurse(depth - 1, frame) + 1;
+}
+
+extern "C" __global__ void selftest_deep_recursion(int* out, int depth) {
+  out[threadIdx.x] = st_recurse(depth, nullptr);
 }

@@ -1,0 +1,185 @@
+"""A modeled H200 time for a kernel launch, from the emulator's counters (the profiling
+build, pyalexnet._emu_profile) and nvcc's resource usage. Used by
+``bench_kernels.py --emulated``; see README "The emulator as a profiler".
+
+The model, per launch:
+  * counts of a sampled grid are scaled by blocks_total / blocks_run;
+  * DRAM bytes: per array, the distinct 32-byte sectors touched, scaled and capped at the
+    array's size (a lower bound: every byte once). Repeated sectors hit in the L2 while the
+    data of the blocks resident at once fits in it, else miss in proportion
+    (1 - L2 / that working set);
+  * occupancy from registers, shared memory and block size (sm_90 limits), and the tail of
+    the last wave of blocks;
+  * time = max(DRAM / copy bandwidth / latency hiding, L2 sectors / L2 bandwidth,
+    shared wavefronts / (SMs * clock), FLOPs / FP32 peak / latency hiding) / tail
+    + a fixed launch cost.
+Every constant below is a datasheet value or an assumption, named as such.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyalexnet.compile_check import _FUNC, _REGS, find_nvcc
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str = "NVIDIA H200"
+    sms: int = 132                  # datasheet (H200 SXM)
+    clock_hz: float = 1.98e9        # datasheet boost clock
+    fp32_flops: float = 67e12       # datasheet dense FP32 (no tensor cores)
+    dram_bw: float = 4.8e12 * 0.9   # assumption: copy reaches 90% of the 4.8 TB/s datasheet
+    l2_bytes: float = 50e6          # L2 of the GH100 die
+    l2_bw: float = 7e12             # assumption: L2 hit bandwidth
+    launch_s: float = 3e-6          # assumption: launch and ramp cost per kernel
+    # sm_90 limits
+    regs_per_sm: int = 65536
+    max_warps_per_sm: int = 64
+    max_blocks_per_sm: int = 32
+    smem_per_sm: int = 228 * 1024
+    smem_reserved_per_block: int = 1024
+    # warps per SM needed to hide latency (assumption): memory and FMA pipelines
+    warps_hide_memory: int = 32
+    warps_hide_fma: int = 8
+
+
+H200 = Device()
+
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def resource_usage(files, cache_dir):
+    """{kernel: (registers, static shared bytes)} for sm_90 from ``nvcc --resource-usage``,
+    cached per source state; {} where nvcc is missing."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        return {}
+    root = Path(files[0]).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(files) + sorted(root.glob("*.cuh")):
+        h.update(Path(f).read_bytes())
+    cache = Path(cache_dir) / f"resource-usage-sm_90-{h.hexdigest()[:12]}.json"
+    if cache.exists():
+        return {k: tuple(v) for k, v in json.loads(cache.read_text()).items()}
+    usage = {}
+    for f in files:
+        p = subprocess.run([nvcc, "-cubin", "-arch=sm_90", "--resource-usage", "-std=c++17",
+                            f"-I{root}", "-o", "/dev/null", str(f)], capture_output=True, text=True)
+        cur = None
+        for line in (p.stdout + p.stderr).splitlines():
+            m = _FUNC.search(line)
+            if m:
+                cur = m.group(1)
+                usage[cur] = [0, 0]
+            elif cur and _REGS.search(line):
+                usage[cur][0] = int(_REGS.search(line).group(1))
+                m = _SMEM.search(line)
+                usage[cur][1] = int(m.group(1)) if m else 0
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(usage))
+    return {k: tuple(v) for k, v in usage.items()}
+
+
+def occupancy(threads, registers, shared_bytes, dev=H200):
+    """Blocks per SM and active warps per SM, and what limits them."""
+    warps = math.ceil(threads / 32)
+    regs_per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256  # allocation unit: 256
+    limits = {
+        "warps": dev.max_warps_per_sm // warps,
+        "blocks": dev.max_blocks_per_sm,
+        "registers": dev.regs_per_sm // (regs_per_warp * warps),
+        "shared memory": dev.smem_per_sm // (shared_bytes + dev.smem_reserved_per_block),
+    }
+    limiter = min(limits, key=limits.get)
+    blocks = max(0, limits[limiter])
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * warps,
+            "occupancy": blocks * warps / dev.max_warps_per_sm, "limited_by": limiter}
+
+
+def scaled(profile, resident_blocks=None, dev=H200):
+    """The counters of a (possibly sampled) launch, scaled to its whole grid, with DRAM
+    traffic: a lower bound (distinct sectors) and the L2 model's estimate, for
+    ``resident_blocks`` blocks running at once (default: all)."""
+    s = profile["blocks_total"] / max(1, profile["blocks_run"])
+    out = {k: v * s for k, v in profile.items() if isinstance(v, int) and k not in
+           ("blocks_total", "blocks_run", "shared_mem")}
+    unique = {"load": 0.0, "store": 0.0}
+    repeats = 0.0
+    footprint = 0.0
+    per_block = 0.0  # bytes one block touches (the sampled blocks are far apart: no overlap)
+    for a in profile["arrays"]:
+        cap = a["bytes"] / 32
+        ld = min(a["unique_load_sectors"] * s, cap)
+        st = min(a["unique_store_sectors"] * s, cap)
+        unique["load"] += ld
+        unique["store"] += st
+        footprint += max(ld, st) * 32
+        per_block += 32 * max(a["unique_load_sectors"], a["unique_store_sectors"]) / max(1, profile["blocks_run"])
+        repeats += max(0.0, a["requested_load_sectors"] * s - ld)
+    resident = profile["blocks_total"] if resident_blocks is None else min(resident_blocks, profile["blocks_total"])
+    working_set = min(footprint, per_block * resident)
+    miss = max(0.0, 1.0 - dev.l2_bytes / working_set) if working_set else 0.0
+    out["dram_bytes_lower_bound"] = 32 * (unique["load"] + unique["store"])
+    out["dram_bytes"] = out["dram_bytes_lower_bound"] + 32 * repeats * miss
+    out["footprint_bytes"] = footprint
+    out["working_set_bytes"] = working_set
+    out["scale"] = s
+    return out
+
+
+def model_launch(profile, usage, dev=H200):
+    """Modeled seconds of one launch (and the terms behind it)."""
+    threads = math.prod(profile["block"])
+    blocks = profile["blocks_total"]
+    regs, static_smem = usage.get(profile["kernel"], (32, 0))
+    occ = occupancy(threads, regs, static_smem + profile["shared_mem"], dev)
+    slots = max(1, occ["blocks_per_sm"]) * dev.sms
+    c = scaled(profile, slots, dev)
+    flops = c.get("flops") or 0.0  # None: a build without a FLOP table
+    waves = math.ceil(blocks / slots)
+    tail = blocks / (waves * slots)
+    active_sms = min(dev.sms, blocks)
+    warps = max(1, occ["warps_per_sm"]) * min(1.0, blocks / dev.sms)  # per busy SM, on average
+    hide_mem = min(1.0, warps / dev.warps_hide_memory)
+    hide_fma = min(1.0, warps / dev.warps_hide_fma)
+    l2_sectors = c["global_load_sectors"] + c["global_store_sectors"]
+    wavefronts = c["shared_load_wavefronts"] + c["shared_store_wavefronts"]
+    terms = {
+        "dram": c["dram_bytes"] / dev.dram_bw / hide_mem,
+        "l2": 32 * l2_sectors / dev.l2_bw / hide_mem,
+        "shared": wavefronts / (active_sms * dev.clock_hz),
+        "fp32": flops / (dev.fp32_flops * active_sms / dev.sms) / hide_fma,
+    }
+    bound = max(terms, key=terms.get)
+    seconds = terms[bound] / tail + dev.launch_s
+    return {"seconds": seconds, "bound": bound, "terms": terms, "tail": tail, **occ,
+            "registers": regs, "static_shared": static_smem, "counters": c}
+
+
+def spearman(a, b):
+    """Rank correlation of two equally long sequences (ties get their mean rank)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
+    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
+    return cov / (va * vb) if va and vb else float("nan")

@@ -1,0 +1,325 @@
+// Access counters of the profiling build: see profile.h for the model. This file itself is
+// compiled without coverage instrumentation (its own loads and stores are not counted).
+#include "profile.h"
+
+#include <dlfcn.h>
+#include <link.h>
+
+#include <algorithm>
+#include <fstream>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "runtime.h"
+
+namespace cuemu {
+namespace prof {
+
+void Counters::add(const Counters& o) {
+  for (int k = 0; k < 2; ++k) {
+    g_requests[k] += o.g_requests[k];
+    g_sectors[k] += o.g_sectors[k];
+    g_bytes[k] += o.g_bytes[k];
+    s_requests[k] += o.s_requests[k];
+    s_wavefronts[k] += o.s_wavefronts[k];
+    s_ideal[k] += o.s_ideal[k];
+    s_bytes[k] += o.s_bytes[k];
+  }
+  barriers += o.barriers;
+  atomics_global += o.atomics_global;
+  atomics_shared += o.atomics_shared;
+  blocks += o.blocks;
+}
+
+namespace {
+
+enum Space : uint8_t { GLOBAL, SHARED };
+
+struct PerArray {
+  std::unordered_set<uint64_t> unique[2];
+  uint64_t requested[2] = {0, 0};
+};
+
+struct LaunchState {
+  std::mutex mu;
+  std::vector<Buffer> buffers;
+  Counters total;
+  std::vector<PerArray> arrays;
+  std::unordered_map<uintptr_t, uint64_t> block_runs;  // basic block -> executions
+};
+LaunchState g_launch;
+
+// FP32 operations of each basic block of the kernel code, written next to this module by
+// kernels/emu/build.py from its machine code ("<module file>.flops": offset flops per line).
+struct FlopTable {
+  bool loaded = false;
+  uintptr_t base = 0;
+  std::unordered_map<uintptr_t, uint32_t> flops;  // offset of a block's coverage call return
+};
+FlopTable& flop_table() {
+  static FlopTable t;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    Dl_info info{};
+    if (!dladdr((void*)&flop_table, &info) || !info.dli_fname) return;
+    t.base = (uintptr_t)info.dli_fbase;
+    std::ifstream in(std::string(info.dli_fname) + ".flops");
+    uintptr_t off;
+    uint32_t f;
+    while (in >> std::hex >> off >> std::dec >> f) t.flops[off] = f;
+    t.loaded = (bool)in.eof();
+  });
+  return t;
+}
+
+// One warp instruction being assembled from its lanes' accesses.
+struct Group {
+  uint8_t space, kind, size, n;
+  uint8_t buf[32];   // argument buffer of each lane's access (global)
+  uint64_t addr[32];
+};
+
+struct Key {
+  uintptr_t pc;
+  uint32_t occurrence, warp;
+  bool operator==(const Key& o) const {
+    return pc == o.pc && occurrence == o.occurrence && warp == o.warp;
+  }
+};
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    return std::hash<uint64_t>()(k.pc * 0x9E3779B97F4A7C15ull ^ ((uint64_t)k.occurrence << 20) ^ k.warp);
+  }
+};
+
+struct Worker {
+  bool on = false;
+  int mute = 0;  // inside an atomic's emulation
+  uintptr_t tls_lo = 0, tls_hi = 0, skip_lo = 0, skip_hi = 0;
+  int nthreads = 0;
+  std::unordered_map<uint64_t, uint32_t> occurrences;  // (thread << 48 | site) -> count
+  std::unordered_map<Key, Group, KeyHash> pending;
+  std::unordered_map<uintptr_t, uint64_t> block_runs;
+  Counters c;
+  std::vector<PerArray> arrays;
+};
+thread_local Worker W;
+
+// This thread's instance of the module's TLS block: where `__shared__` arrays live.
+int find_tls(struct dl_phdr_info* info, size_t, void* data) {
+  auto* w = (Worker*)data;
+  uintptr_t self = (uintptr_t)&find_tls;
+  bool mine = false;
+  size_t tls_size = 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+    if (ph.p_type == PT_LOAD && self >= lo && self < lo + ph.p_memsz) mine = true;
+    if (ph.p_type == PT_TLS) tls_size = ph.p_memsz;
+  }
+  if (!mine) return 0;
+  w->tls_lo = (uintptr_t)info->dlpi_tls_data;
+  w->tls_hi = w->tls_lo + (w->tls_lo ? tls_size : 0);
+  return 1;
+}
+
+int lanes_in_warp(int warp) { return std::min(32, W.nthreads - 32 * warp); }
+
+void finish(const Group& g) {
+  Counters& c = W.c;
+  int k = g.kind;
+  if (g.space == GLOBAL) {
+    uint64_t sec[64];
+    int ns = 0;
+    for (int l = 0; l < g.n; ++l) {
+      uint64_t first = g.addr[l] >> 5, last = (g.addr[l] + g.size - 1) >> 5;
+      for (uint64_t s = first; s <= last && ns < 64; ++s) {
+        sec[ns++] = s;
+        W.arrays[g.buf[l]].unique[k].insert(s);
+      }
+    }
+    std::sort(sec, sec + ns);
+    int uniq = (int)(std::unique(sec, sec + ns) - sec);
+    c.g_requests[k] += 1;
+    c.g_sectors[k] += uniq;
+    c.g_bytes[k] += (uint64_t)g.n * g.size;
+    W.arrays[g.buf[0]].requested[k] += uniq;
+  } else {
+    // 32 banks of 4 bytes. Accesses wider than 4 bytes go in phases of 128 bytes (8-byte
+    // accesses per half-warp, 16-byte per quarter-warp). A phase needs as many wavefronts
+    // as the most distinct words any one bank holds; lanes reading one word share it.
+    int words = std::max(1, g.size / 4), per_phase = 32 / std::min(words, 4);
+    uint64_t wavefronts = 0, ideal = 0;
+    for (int p0 = 0; p0 < 32; p0 += per_phase) {
+      uint64_t bank_words[32][32];
+      int count[32] = {0};
+      bool any = false;
+      for (int l = 0; l < g.n; ++l) {
+        int lane = g.buf[l];  // for shared accesses buf holds the lane
+        if (lane < p0 || lane >= p0 + per_phase) continue;
+        any = true;
+        for (int j = 0; j < words; ++j) {
+          uint64_t w = (g.addr[l] >> 2) + j;
+          int b = (int)(w & 31);
+          bool seen = false;
+          for (int q = 0; q < count[b]; ++q) seen |= bank_words[b][q] == w;
+          if (!seen && count[b] < 32) bank_words[b][count[b]++] = w;
+        }
+      }
+      if (!any) continue;
+      int most = 0;
+      for (int b = 0; b < 32; ++b) most = std::max(most, count[b]);
+      wavefronts += most;
+      ideal += 1;
+    }
+    c.s_requests[k] += 1;
+    c.s_wavefronts[k] += wavefronts;
+    c.s_ideal[k] += ideal;
+    c.s_bytes[k] += (uint64_t)g.n * g.size;
+  }
+}
+
+inline void access(const void* p, int size, int kind, void* site) {
+  Worker& w = W;
+  if (!w.on || w.mute) return;
+  ThreadCtx* t = tls_cur.thread;
+  if (!t) return;
+  uintptr_t a = (uintptr_t)p;
+  uint8_t space, buf = 0;
+  if (a >= w.tls_lo && a < w.tls_hi) {
+    if (a >= w.skip_lo && a < w.skip_hi) return;  // the runtime's tls_cur (threadIdx...)
+    space = SHARED;
+  } else {
+    const std::vector<Buffer>& bs = g_launch.buffers;
+    size_t i = 0;
+    while (i < bs.size() && !(a >= bs[i].lo && a < bs[i].hi)) ++i;
+    if (i == bs.size()) return;  // a fiber stack or the runtime's data
+    space = GLOBAL;
+    buf = (uint8_t)i;
+    a -= bs[i].lo;  // sectors count from the array's start: cudaMalloc aligns it to 256
+  }
+  uint64_t okey = ((uint64_t)t->linear << 48) | ((uintptr_t)site & 0xffffffffffffull);
+  uint32_t occ = w.occurrences[okey]++;
+  int warp = t->linear >> 5, lane = t->linear & 31;
+  Group& g = w.pending[Key{(uintptr_t)site, occ, (uint32_t)warp}];
+  if (g.n == 0) {
+    g.space = space;
+    g.kind = (uint8_t)kind;
+    g.size = (uint8_t)size;
+  }
+  g.addr[g.n] = a;
+  g.buf[g.n] = space == SHARED ? (uint8_t)lane : buf;
+  g.n++;
+  if (g.n == lanes_in_warp(warp)) {
+    finish(g);
+    w.pending.erase(Key{(uintptr_t)site, occ, (uint32_t)warp});
+  }
+}
+
+}  // namespace
+
+void launch_begin(const std::vector<Buffer>& buffers) {
+  g_launch.buffers = buffers;
+  g_launch.total = Counters{};
+  g_launch.arrays.assign(buffers.size(), PerArray{});
+}
+
+Result launch_end() {
+  Result r;
+  r.c = g_launch.total;
+  const FlopTable& ft = flop_table();
+  r.flops = ft.loaded ? 0 : -1;
+  if (ft.loaded) {
+    for (const auto& kv : g_launch.block_runs) {
+      auto it = ft.flops.find(kv.first - ft.base);
+      if (it != ft.flops.end()) r.flops += (int64_t)(kv.second * it->second);
+    }
+  }
+  g_launch.block_runs.clear();
+  for (size_t i = 0; i < g_launch.buffers.size(); ++i) {
+    const PerArray& a = g_launch.arrays[i];
+    r.arrays.push_back(ArrayTraffic{g_launch.buffers[i].arg,
+                                    g_launch.buffers[i].hi - g_launch.buffers[i].lo,
+                                    {a.unique[0].size(), a.unique[1].size()},
+                                    {a.requested[0], a.requested[1]}});
+  }
+  g_launch.buffers.clear();
+  g_launch.arrays.clear();
+  return r;
+}
+
+void worker_begin() {
+  W.c = Counters{};
+  W.arrays.assign(g_launch.buffers.size(), PerArray{});
+  (void)tls_cur.block_idx;  // the TLS block exists once this thread touched it
+  dl_iterate_phdr(find_tls, &W);
+  W.skip_lo = (uintptr_t)&tls_cur;
+  W.skip_hi = W.skip_lo + sizeof(tls_cur);
+}
+
+void block_begin(int nthreads) {
+  W.nthreads = nthreads;
+  W.occurrences.clear();
+  W.pending.clear();
+  W.on = true;
+}
+
+void block_end() {
+  W.on = false;
+  for (auto& kv : W.pending) finish(kv.second);  // diverged lanes: partial instructions
+  W.pending.clear();
+  W.c.blocks += 1;
+}
+
+void barrier() { W.c.barriers += 1; }
+
+void worker_end() {
+  W.on = false;
+  std::lock_guard<std::mutex> g(g_launch.mu);
+  g_launch.total.add(W.c);
+  for (const auto& kv : W.block_runs) g_launch.block_runs[kv.first] += kv.second;
+  W.block_runs.clear();
+  for (size_t i = 0; i < W.arrays.size() && i < g_launch.arrays.size(); ++i) {
+    for (int k = 0; k < 2; ++k) {
+      g_launch.arrays[i].unique[k].insert(W.arrays[i].unique[k].begin(), W.arrays[i].unique[k].end());
+      g_launch.arrays[i].requested[k] += W.arrays[i].requested[k];
+    }
+  }
+  W.arrays.clear();
+}
+
+AtomicScope::AtomicScope(const void* p) {
+  Worker& w = W;
+  if (w.on && !w.mute) {
+    uintptr_t a = (uintptr_t)p;
+    if (a >= w.tls_lo && a < w.tls_hi) w.c.atomics_shared += 1;
+    else w.c.atomics_global += 1;
+  }
+  w.mute += 1;
+}
+AtomicScope::~AtomicScope() { W.mute -= 1; }
+
+}  // namespace prof
+}  // namespace cuemu
+
+// ---- the coverage callbacks (clang -fsanitize-coverage=trace-loads,trace-stores) -------
+#define CUEMU_COV(bytes, type)                                                             \
+  extern "C" void __sanitizer_cov_load##bytes(type* p) {                                   \
+    cuemu::prof::access(p, bytes, cuemu::prof::LOAD, __builtin_return_address(0));         \
+  }                                                                                         \
+  extern "C" void __sanitizer_cov_store##bytes(type* p) {                                  \
+    cuemu::prof::access(p, bytes, cuemu::prof::STORE, __builtin_return_address(0));        \
+  }
+CUEMU_COV(1, uint8_t)
+CUEMU_COV(2, uint16_t)
+CUEMU_COV(4, uint32_t)
+CUEMU_COV(8, uint64_t)
+CUEMU_COV(16, __int128)
+#undef CUEMU_COV
+// Basic-block coverage (needed for clang to emit the load/store callbacks at all) counts
+// each block's executions: FLOPs are those counts times the blocks' FP32 instructions.
+extern "C" void __sanitizer_cov_trace_pc() {
+  cuemu::prof::Worker& w = cuemu::prof::W;
+  if (w.on && !w.mute && cuemu::tls_cur.thread) w.block_runs[(uintptr_t)__builtin_return_address(0)]++;
+}

@@ -1,0 +1,71 @@
+// The emulator as a profiler: what a launch's memory accesses would cost on a GPU.
+//
+// Only the profiling build (pyalexnet._emu_profile, clang) has it. That build compiles the
+// kernel translation unit with -fsanitize-coverage=trace-loads,trace-stores, so every load
+// and store in kernel code calls back here with its address; the return address of the
+// callback names the access site (one machine instruction of the CPU build, standing for
+// one instruction of the GPU build). The callback sorts each access by address space:
+//   shared  - inside this OS thread's TLS block (`__shared__` is `thread_local`);
+//   global  - inside an array argument of the launch;
+//   other   - fiber stacks (locals, register tiles), the runtime's own data: ignored.
+// A warp instruction is the set of accesses of one warp's lanes with the same site and the
+// same occurrence count of that site in each lane (the k-th time each lane executed it).
+// This holds when lanes of a warp execute a site equally often, i.e. when the kernel's
+// divergence is per whole site; diverged lanes form their own (partial) instructions, as
+// the GPU replays a diverged instruction per path.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace cuemu {
+namespace prof {
+
+enum { LOAD = 0, STORE = 1 };
+
+struct Buffer {
+  uintptr_t lo, hi;  // [lo, hi)
+  int arg;           // argument index
+};
+
+struct Counters {
+  // [LOAD], [STORE]
+  uint64_t g_requests[2] = {}, g_sectors[2] = {}, g_bytes[2] = {};
+  uint64_t s_requests[2] = {}, s_wavefronts[2] = {}, s_ideal[2] = {}, s_bytes[2] = {};
+  uint64_t barriers = 0, atomics_global = 0, atomics_shared = 0, blocks = 0;
+  void add(const Counters& o);
+};
+
+struct ArrayTraffic {
+  int arg;
+  uint64_t bytes;
+  uint64_t unique_sectors[2];     // distinct 32-byte sectors touched by the blocks run
+  uint64_t requested_sectors[2];  // sectors of all its warp requests (with repeats)
+};
+
+struct Result {
+  Counters c;
+  int64_t flops = -1;  // -1: this build has no FLOP table
+  std::vector<ArrayTraffic> arrays;
+};
+
+// On the launching thread, around cuemu::launch(); one profiled launch at a time.
+void launch_begin(const std::vector<Buffer>& buffers);
+Result launch_end();
+
+// Called by the runtime on each worker OS thread.
+void worker_begin();
+void block_begin(int nthreads);
+void block_end();
+void barrier();
+void worker_end();
+
+// An atomic operation of the current thread: counted once; the loads and stores inside
+// its emulation are not memory requests of their own.
+struct AtomicScope {
+  explicit AtomicScope(const void* p);
+  ~AtomicScope();
+};
+
+}  // namespace prof
+}  // namespace cuemu

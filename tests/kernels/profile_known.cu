@@ -1,0 +1,37 @@
+// Kernels whose memory traffic is known exactly, for the emulator's profiler
+// (tests/test_profiler.py). Each is one warp instruction per thread unless noted.
+#include "common.cuh"
+
+// Thread i loads x[i * stride]: stride 1 is one 128-byte line per warp (4 sectors), stride
+// 32 is 32 sectors (one 4-byte word in each). The store y[i] is unit stride either way.
+extern "C" __global__ void prof_strided_load(const float* x, float* y, int stride) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  y[i] = x[i * stride];
+}
+
+// One float4 per thread: 512 bytes per warp, 16 sectors, all bytes used.
+extern "C" __global__ void prof_float4_copy(const float* x, float* y) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  reinterpret_cast<float4*>(y)[i] = reinterpret_cast<const float4*>(x)[i];
+}
+
+// Shared memory read at word i * stride (mod 1024): stride 1 conflict-free, 2 two-way,
+// 32 thirty-two-way; stride 0 is a broadcast (one word for every lane), no conflict.
+extern "C" __global__ void prof_shared_stride(float* y, int stride) {
+  __shared__ float s[1024];
+  for (int k = threadIdx.x; k < 1024; k += blockDim.x) s[k] = (float)k;
+  __syncthreads();
+  y[blockIdx.x * blockDim.x + threadIdx.x] = s[(threadIdx.x * stride) & 1023];
+}
+
+// One float atomic per thread on one counter.
+extern "C" __global__ void prof_atomic(float* sum) { atomicAdd(sum, 1.0f); }
+
+// n fused multiply-adds per thread (2 FLOPs each), then n multiplies and n adds.
+extern "C" __global__ void prof_flops(const float* x, float* y, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  float acc = 0.0f, sq = 0.0f;
+  for (int k = 0; k < n; ++k) acc = fmaf(x[k], 2.0f, acc);
+  for (int k = 0; k < n; ++k) sq += x[k] * x[k];
+  y[i] = acc + sq;
+}

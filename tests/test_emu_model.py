@@ -1,0 +1,86 @@
+"""The H200 model behind bench_kernels.py --emulated: occupancy, scaling of sampled
+counters, rank correlation, and the --emulated run itself on a small case."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import emu_model  # noqa: E402
+
+
+@pytest.mark.parametrize("threads,regs,smem,blocks,limit", [
+    (256, 32, 0, 8, "warps"),             # 8 warps a block, 64 warps an SM
+    (256, 128, 0, 2, "registers"),        # 128 * 256 = 32768 registers a block
+    (128, 32, 48 * 1024, 4, "shared memory"),  # 228 KiB / (48 + 1) KiB
+    (32, 16, 0, 32, "blocks"),
+])
+def test_occupancy_on_sm_90(threads, regs, smem, blocks, limit):
+    occ = emu_model.occupancy(threads, regs, smem)
+    assert (occ["blocks_per_sm"], occ["limited_by"]) == (blocks, limit)
+    assert occ["warps_per_sm"] == blocks * threads // 32
+
+
+def profile(**kw):
+    p = {"kernel": "k", "grid": (8, 1, 1), "block": (256, 1, 1), "shared_mem": 0,
+         "blocks_run": 2, "blocks_total": 8, "flops": 0, "global_load_sectors": 100,
+         "global_store_sectors": 10, "shared_load_wavefronts": 0, "shared_store_wavefronts": 0,
+         "arrays": [{"arg": 0, "bytes": 32 * 300, "unique_load_sectors": 100,
+                     "unique_store_sectors": 0, "requested_load_sectors": 100,
+                     "requested_store_sectors": 0},
+                    {"arg": 1, "bytes": 32 * 40, "unique_load_sectors": 0,
+                     "unique_store_sectors": 10, "requested_load_sectors": 0,
+                     "requested_store_sectors": 10}]}
+    p.update(kw)
+    return p
+
+
+def test_sampled_counts_scale_and_dram_is_capped_at_each_array():
+    c = emu_model.scaled(profile())
+    assert c["scale"] == 4 and c["global_load_sectors"] == 400
+    # loads: 4 * 100 sectors, capped at the array's 300; stores: 40 of 40
+    assert c["dram_bytes_lower_bound"] == 32 * (300 + 40)
+    assert c["dram_bytes"] == c["dram_bytes_lower_bound"]  # fits in L2: no repeats miss
+
+
+def test_modeled_time_follows_the_bound():
+    base = emu_model.model_launch(profile(), {})
+    more = emu_model.model_launch(profile(flops=10 ** 12), {})
+    assert base["bound"] != "fp32" and more["bound"] == "fp32"
+    assert more["seconds"] > 10 ** 12 / emu_model.H200.fp32_flops
+
+
+def test_spearman():
+    assert emu_model.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert emu_model.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert emu_model.spearman([1, 2, 3], [1, 1, 2]) == pytest.approx(0.866, abs=1e-3)
+
+
+def test_emulated_benchmark_runs_and_compares(tmp_path):
+    if emu_model_unavailable():
+        pytest.skip("no profiling build (pyalexnet._emu_profile needs clang++)")
+    out = tmp_path / "em.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--emulated",
+                        "--batch", "2", "--blocks", "2", "--threads", "2",
+                        "--only", "relu1", "lrn2", "fc8 forward", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    d = json.loads(out.read_text())
+    names = [r["name"] for r in d["results"]]
+    assert names == ["fc8 forward previous plan", "fc8 forward", "lrn2 forward", "lrn2 backward",
+                     "relu1 forward", "relu1 backward"]
+    fc8 = d["results"][names.index("fc8 forward")]
+    # 2 x 4096 @ 4096 x 1000, all blocks of the GEMM run (2 are fewer than the grid's)
+    assert fc8["flops"] > 2 * 2 * 4096 * 1000 * 0.99 and fc8["model_ms"] > 0
+    assert fc8["measured_ms"] is None and "not compared" in p.stdout  # measured at batch 128
+
+
+def emu_model_unavailable():
+    try:
+        import pyalexnet._emu_profile  # noqa: F401
+        return False
+    except ImportError:
+        return True

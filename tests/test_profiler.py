@@ -1,0 +1,108 @@
+"""The emulator as a profiler: counters of kernels whose traffic is known exactly
+(tests/kernels/profile_known.cu), on the test suite's profiling build (clang)."""
+import numpy as np
+import pytest
+
+from emu_builds import selftest_build
+from pyalexnet.backends import EmuBackend
+
+KNOWN = "profile_known.cu"
+
+
+def profiled(kernel, grid, block, args, **options):
+    be = EmuBackend(threads=2, profile=True, module=selftest_build("profile"), **options)
+    be.launch(KNOWN, kernel, grid, block, args)
+    return be.last_profile
+
+
+@pytest.mark.parametrize("stride,sectors", [(1, 4), (32, 32)])
+def test_unit_and_32_stride_float_loads(stride, sectors):
+    warps = 4
+    x = np.arange(32 * warps * stride, dtype=np.float32)
+    y = np.zeros(32 * warps, np.float32)
+    p = profiled("prof_strided_load", 1, 32 * warps, [x, y, np.int32(stride)])
+    np.testing.assert_array_equal(y, x[::stride])  # the profiling build computes too
+    assert p["global_load_requests"] == warps
+    assert p["global_load_sectors"] == warps * sectors
+    assert p["global_load_bytes"] == warps * 128
+    assert (p["global_store_requests"], p["global_store_sectors"]) == (warps, warps * 4)
+    assert p["shared_load_requests"] == p["shared_store_requests"] == 0
+    assert p["arrays"][0]["unique_load_sectors"] == warps * sectors
+
+
+def test_float4_load_is_one_request_of_16_sectors():
+    x = np.arange(4 * 64, dtype=np.float32)
+    y = np.zeros_like(x)
+    p = profiled("prof_float4_copy", 1, 64, [x, y])
+    np.testing.assert_array_equal(y, x)
+    assert (p["global_load_requests"], p["global_load_sectors"], p["global_load_bytes"]) == (2, 32, 1024)
+    assert (p["global_store_requests"], p["global_store_sectors"]) == (2, 32)
+
+
+@pytest.mark.parametrize("stride,wavefronts", [(1, 1), (2, 2), (32, 32), (0, 1)],
+                         ids=["conflict-free", "2-way", "32-way", "broadcast"])
+def test_shared_bank_conflicts(stride, wavefronts):
+    y = np.zeros(64, np.float32)
+    p = profiled("prof_shared_stride", 1, 64, [y, np.int32(stride)])
+    np.testing.assert_array_equal(y, (np.arange(64) * stride) % 1024)
+    assert p["shared_load_requests"] == 2  # one per warp
+    assert p["shared_load_wavefronts"] == 2 * wavefronts
+    assert p["shared_load_ideal_wavefronts"] == 2
+    # the fill: 1024 words, 64 threads -> 16 conflict-free stores per thread
+    assert p["shared_store_requests"] == p["shared_store_wavefronts"] == 2 * 16
+    assert p["barriers"] == 1
+
+
+def test_atomics_are_counted_once_and_not_as_loads():
+    s = np.zeros(1, np.float32)
+    p = profiled("prof_atomic", 3, 64, [s])
+    assert s[0] == 192
+    assert p["atomics_global"] == 192 and p["atomics_shared"] == 0
+    assert p["global_load_requests"] == p["global_store_requests"] == 0
+
+
+def test_sampled_grid_runs_some_blocks():
+    x = np.arange(32 * 100, dtype=np.float32)
+    y = np.zeros_like(x)
+    p = profiled("prof_strided_load", 100, 32, [x, y, np.int32(1)], profile_blocks=10)
+    assert (p["blocks_run"], p["blocks_total"]) == (10, 100)
+    assert p["global_load_requests"] == 10
+    assert np.count_nonzero(y[::32] == x[::32]) >= 10 and np.count_nonzero(y) < 100 * 32
+
+
+def test_product_profiling_build_counts_a_real_kernel():
+    """relu_forward on pyalexnet._emu_profile: every element read and written once."""
+    try:
+        be = EmuBackend(threads=2, profile=True)
+    except Exception as e:  # built only where clang++ is installed
+        pytest.skip(str(e))
+    x = np.random.default_rng(0).standard_normal(1 << 12).astype(np.float32)
+    y = np.zeros_like(x)
+    be.launch("relu.cu", "relu_forward", 4, 1024, [x, y, np.int64(x.size)])
+    p = be.last_profile
+    assert p["global_load_bytes"] == p["global_store_bytes"] == x.nbytes
+    assert p["global_load_sectors"] == x.nbytes // 32
+    assert be.profiles == [p]
+
+
+def test_profile_needs_a_profiling_build():
+    with pytest.raises(ValueError, match="needs a profiling build"):
+        EmuBackend(profile=True, module=selftest_build())
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_flops_are_counted_from_the_arithmetic(n):
+    """fmaf = 2 FLOPs, a multiply and an add 1 each, plus the final add: 4n + 1 per thread."""
+    x = np.arange(n, dtype=np.float32)
+    y = np.zeros(96, np.float32)
+    p = profiled("prof_flops", 3, 32, [x, y, np.int32(n)])
+    np.testing.assert_allclose(y, 2 * x.sum() + (x * x).sum())
+    assert p["flops"] == 96 * (4 * n + 1)
+
+
+def test_product_build_is_not_instrumented():
+    """Free when off: pyalexnet._emu has no coverage callbacks at all."""
+    import pyalexnet._emu as product
+    assert product.PROFILER is False
+    assert b"__sanitizer_cov_load4" not in open(product.__file__, "rb").read()
+    assert b"__sanitizer_cov_load4" in open(selftest_build("profile").__file__, "rb").read()
