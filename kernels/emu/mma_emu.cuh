@@ -3,31 +3,29 @@
 // without system headers).
 //
 // pa_mma_* is a warp-wide operation. Each lane copies its fragments into a per-block slot
-// table, then all 32 lanes meet at a warp barrier (the runtime's __syncwarp machinery, which
-// fails on a partial or divergent warp); after it every lane reads the operands it needs
-// from the other lanes' slots, through the documented fragment layout, and computes its
-// own four outputs. The table is double-buffered by call parity: a lane can write the
-// same buffer again only two calls later, after a barrier that every lane reaches only
-// once it has finished reading this call's slots. So one barrier per mma suffices.
+// table and waits at a warp barrier (the runtime's __syncwarp machinery, which fails when a
+// lane of the warp has exited or waits elsewhere). The lane that arrives last -- it sees
+// every other lane of its warp already waiting at this call site -- computes the whole
+// tile from the slots, through the documented fragment layout, and writes each lane's four
+// outputs into its slot; after the barrier every lane reads its own. One barrier per mma,
+// and no state outlives a call: a lane rewrites its slot only after it has read its result.
 //
 // Arithmetic: TF32 and BF16 products are exact in fp32 (at most 22 significant bits), so
 // each output is c + sum_k a_k b_k summed in fp32 in k order: fp32 accumulation.
 //
-// Contract checks (a violation turns this lane's outputs into NaN: a fiber cannot raise, and
-// NaN fails every comparison loudly): a full warp, all lanes at the same call site and
-// shape, and TF32 operands that are TF32 values (low 13 bits zero, as pa_cvt_tf32 makes).
+// Contract checks (a violation turns the tile into NaN: a fiber cannot raise, and NaN fails
+// every comparison loudly): a full warp, all lanes at the same call site and shape, and
+// TF32 operands that are TF32 values (low 13 bits zero, as pa_cvt_tf32 makes them).
 #pragma once
 
 struct cuemu_mma_lane {
   unsigned a[4], b[2];
-  float c[4];
-  const char* file;
-  int line, shape;
+  float c[4], out[4];
+  int shape;
 };
 
 struct cuemu_mma_table {
-  cuemu_mma_lane slot[2][1024];
-  unsigned char parity[1024];
+  cuemu_mma_lane slot[1024];
 };
 
 // One table per OS thread = per running block (blocks do not migrate between OS threads).
@@ -59,38 +57,54 @@ static inline float cuemu_mma_b(const cuemu_mma_lane* w, int shape, int k, int c
   return __uint_as_float((k & 1 ? v >> 16 : v & 0xffffu) << 16);
 }
 
+// The whole 16 x 8 tile from the 32 slots of warp w; `lanes` of them exist.
+static inline void cuemu_mma_tile(cuemu_mma_lane* w, int lanes, int shape) {
+  bool bad = lanes != 32;
+  for (int j = 0; j < lanes; ++j) bad |= w[j].shape != shape;
+  const int kdim = shape == CUEMU_MMA_TF32_K8 ? 8 : 16;
+  float a[16][16], b[16][8];
+  if (!bad) {
+    for (int row = 0; row < 16; ++row)
+      for (int k = 0; k < kdim; ++k) a[row][k] = cuemu_mma_a(w, shape, row, k, bad);
+    for (int k = 0; k < kdim; ++k)
+      for (int col = 0; col < 8; ++col) b[k][col] = cuemu_mma_b(w, shape, k, col, bad);
+  }
+  for (int lane = 0; lane < lanes; ++lane) {
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+      float acc = w[lane].c[i];
+      if (!bad)
+        for (int k = 0; k < kdim; ++k) acc += a[row][k] * b[k][col];
+      w[lane].out[i] = bad ? __uint_as_float(0x7fc00000u) : acc;
+    }
+  }
+}
+
 static inline void cuemu_mma(int shape, float d[4], const unsigned a[4], const unsigned b[2],
                              const float c[4], const char* file, int line) {
-  cuemu_mma_table& tab = cuemu_mma_tables();
-  const int me = ::cuemu::tls_cur.thread->linear;
-  const int par = tab.parity[me];
-  tab.parity[me] = (unsigned char)(par ^ 1);
-  cuemu_mma_lane& mine = tab.slot[par][me];
+  ::cuemu::ThreadCtx* self = ::cuemu::tls_cur.thread;
+  const int me = self->linear, lane = me & 31;
+  cuemu_mma_lane* w = &cuemu_mma_tables().slot[me - lane];
+  cuemu_mma_lane& mine = w[lane];
   for (int i = 0; i < 4; ++i) mine.a[i] = a[i], mine.c[i] = c[i];
   mine.b[0] = b[0];
   mine.b[1] = b[1];
-  mine.file = file;
-  mine.line = line;
   mine.shape = shape;
-  ::cuemu::WarpSite{file, line}.syncwarp(0xffffffffu);
-
-  const cuemu_mma_lane* w = &tab.slot[par][me & ~31];
-  // a partial last warp (block size not a multiple of 32) has no lanes for part of the tile
+  // The block's threads are consecutive ThreadCtx entries (runtime.cpp), so the other lanes
+  // of this warp are self[j - lane].
   const dim3 bd = ::cuemu::tls_cur.block_dim;
-  bool bad = (me | 31) >= (int)(bd.x * bd.y * bd.z);
-  for (int j = 0; j < 32; ++j)
-    bad |= w[j].shape != shape || w[j].line != line || std::strcmp(w[j].file, file) != 0;
-  const int lane = me & 31, g = lane >> 2, t = lane & 3;
-  const int kdim = shape == CUEMU_MMA_TF32_K8 ? 8 : 16;
-  float out[4];
-  for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
-    float acc = mine.c[i];
-    for (int k = 0; k < kdim; ++k)
-      acc += cuemu_mma_a(w, shape, row, k, bad) * cuemu_mma_b(w, shape, k, col, bad);
-    out[i] = acc;
+  const int lanes = min(32, (int)(bd.x * bd.y * bd.z) - (me - lane));
+  bool last = true;
+  for (int j = 0; j < lanes && last; ++j) {
+    if (j == lane) continue;
+    const ::cuemu::ThreadCtx& o = self[j - lane];
+    last = o.state == ::cuemu::WARP_WAIT && o.wop == ::cuemu::SYNCWARP && o.line == line &&
+           std::strcmp(o.file, file) == 0;
   }
-  for (int i = 0; i < 4; ++i) d[i] = bad ? __uint_as_float(0x7fc00000u) : out[i];
+  if (last) cuemu_mma_tile(w, lanes, shape);
+  ::cuemu::WarpSite{file, line}.syncwarp(0xffffffffu);
+  for (int i = 0; i < 4; ++i) d[i] = mine.out[i];
 }
 
 static inline void pa_mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2],
