@@ -22,6 +22,8 @@ def test_kernel_benchmark_small_on_emu(tmp_path):
     result = json.loads(out.read_text())
     names = [r["name"] for r in result["results"]]
     assert "conv5 backward filter" in names and "fc8 forward" in names and "sgd fc6 weights" in names
+    # the tensor-core rows run too (the GPU-only baseline aside)
+    assert "conv5 backward data [tf32]" in names and "fc8 backward weight [bf16]" in names
     assert result["validation_failures"] == []
     assert all(r["validated_against"].startswith("NumPy reference") for r in result["results"])
     assert "wrote" in stdout

@@ -430,3 +430,21 @@ def test_bad_precision_and_dtypes(emu):
     with pytest.raises(ValueError, match="no tensor-core kernel"):
         linear.gemm(emu, np.zeros((4, 3), np.float32), np.zeros((5, 4), np.float32), True, True,
                     precision="tf32")
+
+
+@pytest.mark.parametrize("precision", MMA_PRECISIONS)
+def test_conv_backward_data_few_channels_runs_direct(be, rng, precision):
+    """Under DIRECT_MAX_CHANNELS channels per group (conv1) a tensor-core tile would be
+    mostly padding; the fp32 direct kernel runs, on bf16 inputs too, within the bound."""
+    x_shape, w_shape, stride, pad, groups = CONV_ODD[0]
+    assert x_shape[1] // groups < conv.DIRECT_MAX_CHANNELS
+    _, w, dy = _conv_data(rng, x_shape, w_shape, stride, pad)
+    if precision == "bf16":
+        DY, W = be.asarray(to_bf16(dy), np.uint16), be.asarray(to_bf16(w), np.uint16)
+    else:
+        DY, W = be.asarray(dy), be.asarray(w)
+    dx = conv.conv2d_backward_data(be, DY, W, x_shape, stride, pad, groups, precision=precision)
+    check_product(be.to_numpy(dx),
+                  lambda a, b: conv.conv2d_backward_data_reference(a, b, x_shape, stride, pad, groups),
+                  [dy, w], w_shape[0] // groups * w_shape[2] * w_shape[3], precision,
+                  "backward data (direct)")

@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32
 from .bias import bias_backward
-from .precision import check_precision, mma_operand, operand
+from .precision import check_precision, fp32_operand, mma_operand, operand
 
 KERNELS = "conv.cu"
 THREADS = 256          # every conv kernel's block (CONV_THREADS)
@@ -245,7 +245,8 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
 
     tile: a (BM, BN) GEMM tile or "direct"; by default the direct kernel for fewer than
     DIRECT_MAX_CHANNELS channels per group (conv1), else a tile picked from the shape.
-    (tf32 / bf16: 128 or 64, the tensor-core kernel's tile.)
+    tf32 / bf16: 128 or 64, the tensor-core kernel's tile; below DIRECT_MAX_CHANNELS (or
+    with "direct") the fp32 direct kernel runs on float32 copies of the rounded operands.
     """
     check_precision(precision)
     x_shape = tuple(int(v) for v in x_shape)
@@ -254,7 +255,14 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
     if not be.runs_kernels:
         return conv2d_backward_data_reference(dy, w, x_shape, stride, pad, groups, precision)
     if precision != "fp32":
-        return _mma_backward_data(be, dy, w, x_shape, stride, pad, groups, precision, tile)
+        if tile == "direct" or (tile is None and x_shape[1] // groups < DIRECT_MAX_CHANNELS):
+            # a tensor-core tile would be mostly padding (conv1): the fp32 direct kernel on
+            # the operands rounded to the format, so the result is the same product
+            dy = fp32_operand(be, dy, precision, "conv2d backward data: dy")
+            w = fp32_operand(be, w, precision, "conv2d backward data: w")
+            tile = "direct"
+        else:
+            return _mma_backward_data(be, dy, w, x_shape, stride, pad, groups, precision, tile)
     _check_kernel_args("backward data", ("dy", dy), ("w", w))
     n, c, h, wd = x_shape
     dx = be.empty(x_shape)

@@ -111,6 +111,27 @@ def convert_from_bf16(be, h):
     return y
 
 
+def convert_round_tf32(be, x):
+    """float32 copy of x rounded to tf32 (cvt.rna.tf32.f32)."""
+    if not be.runs_kernels:
+        return round_tf32(x)
+    require_float32("convert_round_tf32: x", x)
+    y = be.empty(x.shape)
+    n = int(x.size)
+    if n:
+        be.launch(KERNELS, "convert_round_tf32", elementwise_grid(n), ELEMENTWISE_BLOCK,
+                  [x, y, i64(n)])
+    return y
+
+
+def fp32_operand(be, x, precision, what):
+    """x as an fp32 kernel standing in for a tensor-core one takes it: float32 values of the
+    format (tf32-rounded, or widened from bf16 bits)."""
+    if precision == "bf16":
+        return convert_from_bf16(be, mma_operand(be, x, precision, what))
+    return convert_round_tf32(be, mma_operand(be, x, precision, what))
+
+
 def mma_operand(be, x, precision, what):
     """x as a tensor-core kernel takes it: float32 for tf32 (the kernel rounds on load);
     bf16 bits for bf16 (a float32 array is converted here; a uint16 array is used as is)."""
