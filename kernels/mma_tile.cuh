@@ -62,34 +62,57 @@ __device__ __forceinline__ int4 mt_entry(const int* tab, int i) {
 __device__ __forceinline__ unsigned mt_convert(float v) { return pa_cvt_tf32(v); }
 __device__ __forceinline__ unsigned short mt_convert(unsigned short v) { return v; }
 
+// One index's share of an element's address: offset and window position. `ok` is false for
+// an index outside the operand (that element reads as zero, and no table is read for it).
+struct mt_part {
+  int off, y, z;
+  bool ok;
+};
+
 template <int PREC, int SPEC>
-__device__ __forceinline__ typename mt_types<PREC>::elem mt_fetch(const mt_operand<PREC>& o,
-                                                                  int row, int k, bool k_ok) {
-  typedef typename mt_types<PREC>::src src;
-  src v = (src)0;
-  if (k_ok && row < o.rows) {
-    int off, y = 0, z = 0;
+__device__ __forceinline__ mt_part mt_row_part(const mt_operand<PREC>& o, int row) {
+  mt_part p = {0, 0, 0, row < o.rows};
+  if (p.ok) {
     if (SPEC & MT_ROW_TABLE) {
       const int4 e = mt_entry(o.rtab, row);
-      off = e.x; y = e.y; z = e.z;
+      p.off = e.x; p.y = e.y; p.z = e.z;
     } else {
-      off = row * o.rstride;
+      p.off = row * o.rstride;
     }
+  }
+  return p;
+}
+
+template <int PREC, int SPEC>
+__device__ __forceinline__ mt_part mt_k_part(const mt_operand<PREC>& o, int k, int kend) {
+  mt_part p = {0, 0, 0, k < kend};
+  if (p.ok) {
     if (SPEC & MT_K_TABLE) {
       const int4 e = mt_entry(o.ktab, k);
-      off += e.x; y += e.y; z += e.z;
+      p.off = e.x; p.y = e.y; p.z = e.z;
     } else {
-      off += k * o.kstride;
+      p.off = k * o.kstride;
     }
-    bool ok = true;
-    if (SPEC & MT_CHECK_WIN) ok = (unsigned)y < (unsigned)o.H && (unsigned)z < (unsigned)o.W;
-    if (SPEC & MT_CHECK_STRIDED) {
-      const int py = y / o.st, pz = z / o.st;
-      ok = y >= 0 && z >= 0 && py * o.st == y && pz * o.st == z && py < o.H && pz < o.W;
-      off += py * o.W + pz;
-    }
-    if (ok) v = __ldg(o.p + off);
   }
+  return p;
+}
+
+template <int PREC, int SPEC>
+__device__ __forceinline__ typename mt_types<PREC>::elem mt_fetch(const mt_operand<PREC>& o,
+                                                                  const mt_part& r,
+                                                                  const mt_part& k) {
+  typedef typename mt_types<PREC>::src src;
+  src v = (src)0;
+  int off = r.off + k.off;
+  const int y = r.y + k.y, z = r.z + k.z;
+  bool ok = r.ok && k.ok;
+  if (SPEC & MT_CHECK_WIN) ok = ok && (unsigned)y < (unsigned)o.H && (unsigned)z < (unsigned)o.W;
+  if (SPEC & MT_CHECK_STRIDED) {
+    const int py = y / o.st, pz = z / o.st;
+    ok = ok && y >= 0 && z >= 0 && py * o.st == y && pz * o.st == z && py < o.H && pz < o.W;
+    off += py * o.W + pz;
+  }
+  if (ok) v = __ldg(o.p + off);
   return mt_convert(v);
 }
 
@@ -115,15 +138,22 @@ __device__ __forceinline__ void mt_elem_pos(int i, int& row, int& k) {
   else { row = e / BK; k = e % BK; }
 }
 
+// This thread's share of one chunk. When every element a thread fetches has the same row
+// (RFAST) or the same k (KFAST), that index's part (a table entry) is read once per chunk.
 template <int PREC, int SPEC, int ROWS, int THREADS>
 __device__ __forceinline__ void mt_load(const mt_operand<PREC>& o, int row0, int kt, int kend,
                                         typename mt_types<PREC>::elem* r) {
   typedef mt_tile<PREC, SPEC, ROWS, THREADS> T;
+  enum { ROW_FIXED = T::RFAST && THREADS % ROWS == 0, K_FIXED = !T::RFAST && THREADS % T::BK == 0 };
+  int row, k;
+  mt_elem_pos<T::RFAST, ROWS, T::BK, THREADS>(0, row, k);
+  const mt_part rp0 = ROW_FIXED ? mt_row_part<PREC, SPEC>(o, row0 + row) : mt_part{0, 0, 0, false};
+  const mt_part kp0 = K_FIXED ? mt_k_part<PREC, SPEC>(o, kt + k, kend) : mt_part{0, 0, 0, false};
 #pragma unroll
   for (int i = 0; i < T::PER_THREAD; ++i) {
-    int row, k;
     mt_elem_pos<T::RFAST, ROWS, T::BK, THREADS>(i, row, k);
-    r[i] = mt_fetch<PREC, SPEC>(o, row0 + row, kt + k, kt + k < kend);
+    r[i] = mt_fetch<PREC, SPEC>(o, ROW_FIXED ? rp0 : mt_row_part<PREC, SPEC>(o, row0 + row),
+                                K_FIXED ? kp0 : mt_k_part<PREC, SPEC>(o, kt + k, kend));
   }
 }
 

@@ -188,9 +188,10 @@ def _tile(tile):
     return tile
 
 
-def _check_kernel_args(what, *arrays):
+def _check_kernel_args(what, *arrays, float32=True):
     for name, a in arrays:
-        require_float32(f"conv2d {what}: {name}", a)
+        if float32:
+            require_float32(f"conv2d {what}: {name}", a)
         if a.size >= INT32_LIMIT:
             raise ValueError(f"conv2d {what}: {name} has {a.size} elements; the kernels index "
                              f"with 32-bit ints (< 2**31)")
@@ -407,13 +408,6 @@ def _mma_launch(be, kind, precision, tile, cols, rows, z, args):
     be.launch(MMA_KERNELS, f"conv_mma_{kind}_{precision}_{tile}", grid, MMA_TILES[tile], args)
 
 
-def _mma_check(what, *arrays):
-    for name, a in arrays:
-        if a.size >= INT32_LIMIT:
-            raise ValueError(f"conv2d {what}: {name} has {a.size} elements; the kernels index "
-                             f"with 32-bit ints (< 2**31)")
-
-
 def _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile):
     out = _geometry(x.shape, w.shape, stride, pad, groups)
     n, k, p, q = out
@@ -424,7 +418,7 @@ def _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile):
     if b is not None:
         require_float32("conv2d forward: b", b)
     y = be.empty(out)
-    _mma_check("forward", ("x", x), ("y", y))
+    _check_kernel_args("forward", ("x", x), ("y", y), float32=False)
     tile = _mma_tile_arg(tile, k // groups, n * p * q, groups)
     _mma_launch(be, "fwd", precision, tile, n * p * q, k // groups, groups,
                 [xk, wk, y if b is None else b, y, _window_table(be, n, c, h, wd, k, p, q, stride, pad),
@@ -442,7 +436,7 @@ def _mma_backward_data(be, dy, w, x_shape, stride, pad, groups, precision, tile)
     dyk = mma_operand(be, dy, precision, "conv2d backward data: dy")
     wk = mma_operand(be, w, precision, "conv2d backward data: w")
     dx = be.empty(x_shape)
-    _mma_check("backward data", ("dy", dy), ("dx", dx))
+    _check_kernel_args("backward data", ("dy", dy), ("dx", dx), float32=False)
     kg = k // groups
 
     def pixels():  # (n, h, w): {n K P Q, h + pad, w + pad, dx offset}
@@ -485,7 +479,7 @@ def _mma_backward_filter(be, x, dy, w_shape, stride, pad, groups, precision, til
     splits = ceil_div(npq, length)  # no empty chunk
     dw = be.empty(w_shape)
     ws = dw if splits == 1 else be.empty((splits,) + w_shape)
-    _mma_check("backward filter", ("x", x), ("dy", dy), ("workspace", ws))
+    _check_kernel_args("backward filter", ("x", x), ("dy", dy), ("workspace", ws), float32=False)
 
     def rows_of_dy():  # (n, p, q): dy offset {n K P Q + p Q + q}
         img, pq = np.divmod(np.arange(npq), p * q)
