@@ -214,6 +214,13 @@ def test_emulator_rejects_unrounded_tf32_operands(emu, rng):
     assert np.isnan(d).all()
 
 
+def test_emulator_rejects_a_divergent_mma(emu, rng):
+    d = np.zeros(128, np.float32)
+    emu.launch(SELFTEST, "mma_selftest_tf32_divergent", 1, 32,
+               [rng.standard_normal(32).astype(np.float32), d])
+    assert np.isnan(d).all()
+
+
 def test_emulator_rejects_a_partial_warp(emu, rng):
     a, b, c = _tile_inputs(rng, "tf32")
     d = np.zeros((16, 8), np.float32)

@@ -14,14 +14,15 @@
 // each output is c + sum_k a_k b_k summed in fp32 in k order: fp32 accumulation.
 //
 // Contract checks (a violation turns the tile into NaN: a fiber cannot raise, and NaN fails
-// every comparison loudly): a full warp, all lanes at the same call site and shape, and
-// TF32 operands that are TF32 values (low 13 bits zero, as pa_cvt_tf32 makes them).
+// every comparison loudly): a full warp, all lanes at the same call site and shape (a
+// divergent warp leaves the tile uncomputed: NaN), and TF32 operands that are TF32 values (low 13 bits zero, as pa_cvt_tf32 makes them).
 #pragma once
 
 struct cuemu_mma_lane {
   unsigned a[4], b[2];
   float c[4], out[4];
   int shape;
+  bool done;  // set by the lane that computed the tile
 };
 
 struct cuemu_mma_table {
@@ -78,6 +79,7 @@ static inline void cuemu_mma_tile(cuemu_mma_lane* w, int lanes, int shape) {
         for (int k = 0; k < kdim; ++k) acc += a[row][k] * b[k][col];
       w[lane].out[i] = bad ? __uint_as_float(0x7fc00000u) : acc;
     }
+    w[lane].done = true;
   }
 }
 
@@ -91,6 +93,7 @@ static inline void cuemu_mma(int shape, float d[4], const unsigned a[4], const u
   mine.b[0] = b[0];
   mine.b[1] = b[1];
   mine.shape = shape;
+  mine.done = false;
   // The block's threads are consecutive ThreadCtx entries (runtime.cpp), so the other lanes
   // of this warp are self[j - lane].
   const dim3 bd = ::cuemu::tls_cur.block_dim;
@@ -104,7 +107,8 @@ static inline void cuemu_mma(int shape, float d[4], const unsigned a[4], const u
   }
   if (last) cuemu_mma_tile(w, lanes, shape);
   ::cuemu::WarpSite{file, line}.syncwarp(0xffffffffu);
-  for (int i = 0; i < 4; ++i) d[i] = mine.out[i];
+  // Nobody computed when the warp's lanes met at different call sites (divergent mma).
+  for (int i = 0; i < 4; ++i) d[i] = mine.done ? mine.out[i] : __uint_as_float(0x7fc00000u);
 }
 
 static inline void pa_mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2],

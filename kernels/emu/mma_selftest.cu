@@ -57,6 +57,17 @@ extern "C" __global__ void mma_selftest_tf32_unrounded(const float* A, const flo
   mst_store_d(D, d, g, t, 0);
 }
 
+// Odd and even lanes reach the mma at different lines: undefined on the GPU (mma.sync is
+// .aligned), so for the emulator only, which must refuse it (NaN).
+extern "C" __global__ void mma_selftest_tf32_divergent(const float* A, float* D) {
+  const int lane = threadIdx.x & 31;
+  unsigned a[4] = {pa_cvt_tf32(A[lane]), 0u, 0u, 0u}, b[2] = {pa_cvt_tf32(1.0f), 0u};
+  float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d[4];
+  if (lane & 1) pa_mma_m16n8k8_tf32(d, a, b, c);
+  else pa_mma_m16n8k8_tf32(d, a, b, c);
+  for (int i = 0; i < 4; ++i) D[lane * 4 + i] = d[i];
+}
+
 // D (16x8) = A (16x16) B (16x8) + C with A, B given as bf16 bits (uint16, row-major).
 // mode 2 here packs B's pair in the wrong order (the higher row in the low half).
 extern "C" __global__ void mma_selftest_bf16(const unsigned short* A, const unsigned short* B,

@@ -354,7 +354,8 @@ def _int4_table(be, columns):
 
 
 def _cached(be, key, build):
-    key = (id(be),) + key
+    # NumPy tables serve every CPU backend; device tables are per device
+    key = (be.xp.__name__, getattr(getattr(be, "device", None), "id", None)) + key
     tab = _TABLES.get(key)
     if tab is None:
         if len(_TABLES) >= _TABLES_MAX:
