@@ -465,3 +465,26 @@ def test_conv_backward_data_few_channels_runs_direct(be, rng, precision):
                   lambda a, b: conv.conv2d_backward_data_reference(a, b, x_shape, stride, pad, groups),
                   [dy, w], w_shape[0] // groups * w_shape[2] * w_shape[3], precision,
                   "backward data (direct)")
+
+
+# ---- the launchers agree with the kernel sources ----------------------------------------------
+def test_launcher_constants_match_the_kernels():
+    import re
+    import subprocess
+    from pyalexnet.backends import kernel_dir
+    text = (kernel_dir() / "mma_tile.cuh").read_text()
+    assert re.search(r"#define MT_BK\(PREC\) (\d+)", text).group(1) == str(conv.MMA_CHUNK) == \
+        str(linear.MMA_CHUNK)
+    for file, tiles in (("conv_mma.cu", {str(t): n for t, n in conv.MMA_TILES.items()}),
+                        ("gemm_mma.cu", {t: n for t, (_, n) in linear.MMA_TILES.items()})):
+        src = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-nostdinc", f"-I{kernel_dir()}",
+                              str(kernel_dir() / file)], capture_output=True, text=True,
+                             check=True).stdout
+        found = re.findall(r"__launch_bounds__\(\((\d+) / (\d+)\) \* \((\d+) / (\d+)\) \* 32\)\s*"
+                           r"(\w+)\(", src)
+        # three passes (conv) or transposes (gemm) x two precisions x the tiles
+        assert len(found) == 3 * 2 * len(tiles), (file, found)
+        for bm, wm, bn, wn, name in found:
+            tile = name.rsplit("_", 1)[1]
+            assert bm == bn == tile, name
+            assert (int(bm) // int(wm)) * (int(bn) // int(wn)) * 32 == tiles[tile], name
