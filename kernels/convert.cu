@@ -1,17 +1,11 @@
 // fp32 <-> bf16 conversion for the bf16 tensor-core path: activations and weight copies in
 // bf16 (uint16 bit patterns), fp32 master weights. Round to nearest even (pa_f32_to_bf16);
-// bf16 -> fp32 is exact. Two elements per thread step, one 32-bit bf16 pair store each.
+// bf16 -> fp32 is exact. Scalar accesses: the arrays may be views at any element offset.
 #include "mma.cuh"
 
 extern "C" __global__ void convert_f32_to_bf16(const float* __restrict__ x,
                                                unsigned short* __restrict__ y, long long n) {
-  const long long pairs = n / 2;
-  PA_GRID_STRIDE(i, pairs) {
-    const float2 v = reinterpret_cast<const float2*>(x)[i];
-    reinterpret_cast<unsigned*>(y)[i] = pa_pack_bf16x2(v.x, v.y);
-  }
-  // an odd last element (the arrays are allocator-aligned, so pairs are 8 / 4 bytes aligned)
-  if (n & 1 && blockIdx.x == 0 && threadIdx.x == 0) y[n - 1] = pa_f32_to_bf16(x[n - 1]);
+  PA_GRID_STRIDE(i, n) y[i] = pa_f32_to_bf16(x[i]);
 }
 
 extern "C" __global__ void convert_bf16_to_f32(const unsigned short* __restrict__ x,

@@ -146,6 +146,9 @@ def test_convert_ops(be, rng, n):
     assert h.dtype == np.uint16
     np.testing.assert_array_equal(be.to_numpy(h), to_bf16(x))
     np.testing.assert_array_equal(be.to_numpy(convert_from_bf16(be, h)), round_bf16(x))
+    if n > 1:  # a view at an odd element offset (a slice of a larger buffer)
+        np.testing.assert_array_equal(be.to_numpy(convert_to_bf16(be, be.asarray(x)[1:])),
+                                      to_bf16(x[1:]))
 
 
 def test_convert_ops_numpy_backend(rng):

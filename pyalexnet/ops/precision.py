@@ -92,8 +92,8 @@ def convert_to_bf16(be, x):
     y = be.empty(x.shape, dtype=BF16)
     n = int(x.size)
     if n:
-        be.launch(KERNELS, "convert_f32_to_bf16", elementwise_grid(max(1, n // 2)),
-                  ELEMENTWISE_BLOCK, [x, y, i64(n)])
+        be.launch(KERNELS, "convert_f32_to_bf16", elementwise_grid(n), ELEMENTWISE_BLOCK,
+                  [x, y, i64(n)])
     return y
 
 
