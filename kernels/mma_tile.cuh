@@ -4,8 +4,9 @@
 // fp32 accumulation in registers. The caller stores acc through mt_acc_row / mt_acc_col.
 //
 // Block: (BM/WM) x (BN/WN) warps, each owning a WM x WN warp tile of (WM/16) x (WN/8) mma
-// tiles. The reduction advances in chunks of MT_BK = 16 (two tf32 mma k-steps or one bf16) through double-buffered shared memory; the next chunk is fetched into registers
-// while the current one is multiplied, so one barrier per chunk suffices.
+// tiles. The reduction advances in chunks of MT_BK = 16 (two tf32 mma k-steps or one bf16)
+// through double-buffered shared memory; the next chunk is fetched into registers while
+// the current one is multiplied, so one barrier per chunk suffices.
 //
 // Operands are gathered element by element through a small descriptor (mt_operand), so
 // one loop serves dense matrices (either orientation) and convolution windows:
@@ -23,7 +24,7 @@
 // Row padding makes the fragment reads conflict-free: lanes read (row g, word t) for
 // g < 8, t < 4; with a [row][k] stride of 20 words (tf32) or 12 words (24 bf16) the banks
 // 20 g + t and 12 g + t are all distinct mod 32; with a [k][row] stride of ROWS + 8
-// elements they are 8 t + g (tf32) or 4 (2t) + g / 2 (bf16, pairs of lanes sharing a word).
+// elements they are 8 t + g (tf32) or 8 t + g / 2 (bf16: two lanes share a word).
 #pragma once
 #include "mma.cuh"
 
