@@ -450,6 +450,12 @@ def test_bad_precision_and_dtypes(emu):
     with pytest.raises(ValueError, match="no tensor-core kernel"):
         linear.gemm(emu, np.zeros((4, 3), np.float32), np.zeros((5, 4), np.float32), True, True,
                     precision="tf32")
+    # bf16 bits are no fp32 numbers: the references refuse them outside precision="bf16"
+    with pytest.raises(TypeError, match="cannot feed a fp32 product"):
+        conv.conv2d_forward(get_backend("numpy"), to_bf16(x), w)
+    with pytest.raises(TypeError, match="must be float32"):
+        linear.linear_forward(get_backend("numpy"), to_bf16(np.ones((2, 3))), np.ones((4, 3), np.float32),
+                              precision="tf32")
 
 
 @pytest.mark.parametrize("precision", MMA_PRECISIONS)

@@ -55,12 +55,12 @@ def operand(x, precision):
     """x as the tensor cores see it, as float32: rounded to the format (bf16 bit arrays are
     widened). fp32 returns x unchanged (any dtype: the float64 gradient checks)."""
     check_precision(precision)
-    if precision == "fp32":
-        return x
     if np.asarray(x).dtype == BF16:
         if precision != "bf16":
             raise TypeError(f"a bf16 (uint16) array cannot feed a {precision} product")
         return from_bf16(x)
+    if precision == "fp32":
+        return x
     return round_tf32(x) if precision == "tf32" else round_bf16(x)
 
 
