@@ -4,12 +4,19 @@
     python benchmarks/bench_kernels.py                 # cuda if a GPU is here, else --small on emu
     python benchmarks/bench_kernels.py --small --backend emu --repeats 1   # never rots on CPUs
     python benchmarks/bench_kernels.py --emulated      # modeled H200 times, on a CPU
+    python benchmarks/bench_kernels.py --precision tf32 bf16 --only conv fc
 
 On a GPU, each case is validated (against PyTorch's cuDNN/cuBLAS result where PyTorch is
 installed, else against the NumPy reference), timed with CUDA events after warm-up with L2
 flushed between repeats, validated again, then the same operation is timed in PyTorch at
-the same precision (TF32 off). The claim is the ratio ours/baseline, measured in one run.
-Results go to benchmarks/results/kernels-<device>-<date>.json.
+the same precision (TF32 off for fp32). The claim is the ratio ours/baseline, measured in
+one run. Results go to benchmarks/results/kernels-<device>-<date>.json.
+
+--precision (default: all three) adds rows "<layer> <pass> [tf32]" / "[bf16]" for every conv
+and FC pass: our tensor-core kernels against PyTorch with TF32 allowed (cuDNN/cuBLAS TF32)
+or on bfloat16 tensors, both converted before timing on both sides. These rows are
+validated against the exact (float64) result within the format's error bound
+(ops/precision.py, reduction_error_bound) and report their share of the tensor-core peak.
 
 With --emulated, every case runs at its real shape (batch 128) on the emulator's profiling
 build, on a sample of each grid's blocks; benchmarks/emu_model.py turns the counters into
@@ -36,9 +43,13 @@ sys.path.insert(0, str(ROOT))
 
 from pyalexnet.backends import get_backend  # noqa: E402
 from pyalexnet.ops import conv, dropout, linear, lrn, pool, relu, sgd, softmax  # noqa: E402
+from pyalexnet.ops.precision import PRECISIONS, reduction_error_bound, to_bf16  # noqa: E402
 
 # Vendor datasheet peaks (dense FP32 without tensor cores, HBM bandwidth): leads, not readings.
 PEAKS = {"H200": (67e12, 4.8e12), "H100": (67e12, 3.35e12), "A100": (19.5e12, 2.0e12)}
+# Dense tensor-core peaks (datasheet, no sparsity), per precision.
+TC_PEAKS = {"H200": {"tf32": 494.7e12, "bf16": 989.4e12}, "H100": {"tf32": 494.7e12, "bf16": 989.4e12},
+            "A100": {"tf32": 156e12, "bf16": 312e12}}
 
 # The paper's network in its single-device grouped form: (name, C, H, K, R, stride, pad, groups)
 CONVS = [("conv1", 3, 227, 96, 11, 4, 0, 1), ("conv2", 96, 27, 256, 5, 1, 2, 2),
@@ -62,6 +73,9 @@ class Case:
     repeatable: bool = True    # the same output on every call (not so for in-place SGD)
     replaces: str = ""         # the case of the kernel version this one supersedes: the
                                # run also prints this one's time over that one's
+    precision: str = "fp32"    # tf32 / bf16: tensor-core rows
+    abs_expected: object = None  # () -> sum |a||b| per output (the error bound's scale)
+    reduction: int = 0         # products per output
 
 
 @dataclass
@@ -153,7 +167,29 @@ class Builder:
     def reference(self, numpy_fn):
         return lambda: (numpy_fn(), "NumPy reference (float64)")
 
-    def conv(self, name, c, h, k, r, s, p, g):
+    def as_precision(self, a, precision):
+        """Our kernel's input: float32 (fp32, tf32) or a bf16 copy made before timing."""
+        return self.be.asarray(to_bf16(self.be.to_numpy(a)), np.uint16) if precision == "bf16" else a
+
+    def torch_views(self, precision):
+        """T for PyTorch at `precision`: float32 views, or bfloat16 copies made once."""
+        if self.torch is None or precision != "bf16":
+            return self.t
+        cache = {}
+
+        def T(a):
+            if id(a) not in cache:
+                cache[id(a)] = (a, self.t(a).bfloat16())
+            return cache[id(a)][1]
+        return T
+
+    def abs_exact(self, torch_fn, numpy_fn):
+        """sum |a||b| per output: the operation on |inputs| in float64."""
+        if self.torch is not None:
+            return lambda: torch_fn(lambda a: self.t64(a).abs()).cpu().numpy()
+        return numpy_fn
+
+    def conv(self, name, c, h, k, r, s, p, g, precision="fp32"):
         be, F = self.be, self.torch and self.torch.nn.functional
         if c != 3:
             c = max(g, self.ch(c) // g * g)
@@ -175,6 +211,9 @@ class Builder:
         def bwd_filter(T):
             return grad.conv2d_weight(T(x), tuple(w.shape), T(dy), s, p, 1, g)
 
+        if precision != "fp32":
+            return self.conv_mma(name, shape, flops, (x, w, dy, X, W, DY), (c, k, r, s, p, g),
+                                 y_shape, (fwd, bwd_data, bwd_filter), precision)
         return [
             Case(f"{name} forward", shape, flops=flops,
                  ours=lambda: conv.conv2d_forward(be, x, w, None, s, p, g),
@@ -198,6 +237,44 @@ class Builder:
                  baseline=self.timed(bwd_filter))
             for v in conv.FILTER_VERSIONS
         ] + self.winograd(name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter)
+
+    def conv_mma(self, name, shape, flops, arrays, geometry, y_shape, torch_fns, pr):
+        """The tensor-core rows of one conv layer: validated within the format's error
+        bound, timed against PyTorch at the same precision."""
+        be = self.be
+        x, w, dy, X, W, DY = arrays
+        c, k, r, s, p, g = geometry
+        fwd, bwd_data, bwd_filter = torch_fns
+        tag = f" [{pr}]"
+        xo, wo, dyo = (self.as_precision(a, pr) for a in (x, w, dy))
+        TP = self.torch_views(pr)
+        timed = (lambda f: (lambda: f(TP))) if self.torch is not None else (lambda f: None)
+        extra = dict(precision=pr)
+        red = {"forward": (c // g) * r * r, "data": (k // g) * r * r,
+               "filter": y_shape[0] * y_shape[2] * y_shape[3]}
+        AX, AW, ADY = np.abs(X), np.abs(W), np.abs(DY)
+        extra_f = dict(abs_expected=self.abs_exact(fwd, lambda: conv.conv2d_forward_reference(
+            AX, AW, None, s, p, g)), reduction=red["forward"])
+        extra_d = dict(abs_expected=self.abs_exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
+            ADY, AW, x.shape, s, p, g)), reduction=red["data"])
+        extra_w = dict(abs_expected=self.abs_exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
+            AX, ADY, w.shape, s, p, g)), reduction=red["filter"])
+        return [
+            Case(f"{name} forward{tag}", shape, flops=flops, **extra, **extra_f,
+                 ours=lambda: conv.conv2d_forward(be, xo, wo, None, s, p, g, precision=pr),
+                 expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
+                 baseline=timed(fwd)),
+            Case(f"{name} backward data{tag}", shape, flops=flops, **extra, **extra_d,
+                 ours=lambda: conv.conv2d_backward_data(be, dyo, wo, x.shape, s, p, g, precision=pr),
+                 expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
+                     DY, W, x.shape, s, p, g)),
+                 baseline=timed(bwd_data)),
+            Case(f"{name} backward filter{tag}", shape, flops=flops, **extra, **extra_w,
+                 ours=lambda: conv.conv2d_backward_filter(be, xo, dyo, w.shape, s, p, g, precision=pr),
+                 expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
+                     X, DY, w.shape, s, p, g)),
+                 baseline=timed(bwd_filter)),
+        ]
 
     def winograd(self, name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter):
         """Each pass of a 3x3 stride-1 layer through F(2x2) and F(4x4), against the implicit
@@ -233,7 +310,7 @@ class Builder:
                     expected=self.exact(torch_fn, ref), baseline=self.timed(torch_fn)))
         return cases
 
-    def fc(self, name, n_in, n_out):
+    def fc(self, name, n_in, n_out, precision="fp32"):
         be = self.be
         n_in, n_out = self.ch(n_in), self.ch(n_out)
         x, w, dy = self.arr(self.batch, n_in), self.arr(n_out, n_in, std=0.01), self.arr(self.batch, n_out)
@@ -250,6 +327,9 @@ class Builder:
         def bwd_weight(T):
             return T(dy).T @ T(x)
 
+        if precision != "fp32":
+            return self.fc_mma(name, shape, flops, (x, w, dy, X, W, DY), n_in, n_out,
+                               (fwd, bwd_data, bwd_weight), precision)
         # the forward as planned before K-contiguous weights had their own tile (64k)
         old = linear.gemm_plan(self.batch, n_out, n_in)
         return [
@@ -265,6 +345,31 @@ class Builder:
             Case(f"{name} backward weight", shape, flops=flops,
                  ours=lambda: linear.linear_backward_weight(be, x, dy),
                  expected=self.exact(bwd_weight, lambda: DY.T @ X), baseline=self.timed(bwd_weight)),
+        ]
+
+    def fc_mma(self, name, shape, flops, arrays, n_in, n_out, torch_fns, pr):
+        """The tensor-core rows of one fc layer (see conv_mma)."""
+        be = self.be
+        x, w, dy, X, W, DY = arrays
+        fwd, bwd_data, bwd_weight = torch_fns
+        tag = f" [{pr}]"
+        xo, wo, dyo = (self.as_precision(a, pr) for a in (x, w, dy))
+        TP = self.torch_views(pr)
+        timed = (lambda f: (lambda: f(TP))) if self.torch is not None else (lambda f: None)
+        AX, AW, ADY = np.abs(X), np.abs(W), np.abs(DY)
+        ex = [dict(precision=pr, abs_expected=self.abs_exact(f, nf), reduction=red)
+              for f, nf, red in ((fwd, lambda: AX @ AW.T, n_in), (bwd_data, lambda: ADY @ AW, n_out),
+                                 (bwd_weight, lambda: ADY.T @ AX, self.batch))]
+        return [
+            Case(f"{name} forward{tag}", shape, flops=flops, **ex[0],
+                 ours=lambda: linear.linear_forward(be, xo, wo, precision=pr),
+                 expected=self.exact(fwd, lambda: X @ W.T), baseline=timed(fwd)),
+            Case(f"{name} backward data{tag}", shape, flops=flops, **ex[1],
+                 ours=lambda: linear.linear_backward_data(be, dyo, wo, precision=pr),
+                 expected=self.exact(bwd_data, lambda: DY @ W), baseline=timed(bwd_data)),
+            Case(f"{name} backward weight{tag}", shape, flops=flops, **ex[2],
+                 ours=lambda: linear.linear_backward_weight(be, xo, dyo, precision=pr),
+                 expected=self.exact(bwd_weight, lambda: DY.T @ X), baseline=timed(bwd_weight)),
         ]
 
     def autograd_pair(self, fn, x, dy):
@@ -392,12 +497,13 @@ class Builder:
                      ours=ours, baseline=torch and theirs,
                      expected=self.reference(lambda: sgd.sgd_update_reference(W0, G, V0, 0.01, 0.9, 5e-4)[0]))]
 
-    def all(self):
+    def all(self, precisions=("fp32",)):
         cases = []
-        for spec in CONVS:
-            cases += self.conv(*spec)
-        for spec in FCS:
-            cases += self.fc(*spec)
+        for pr in precisions:
+            for spec in CONVS:
+                cases += self.conv(*spec, precision=pr)
+            for spec in FCS:
+                cases += self.fc(*spec, precision=pr)
         for spec in LRNS:
             cases += self.lrn(*spec)
         for spec in POOLS:
@@ -421,29 +527,38 @@ def run(args):
             torch = _torch
         except ImportError:
             print("PyTorch not installed: no cuDNN/cuBLAS baseline; validating against NumPy")
-    cases = Builder(be, torch, batch, scale, np.random.default_rng(0)).all()
+    cases = Builder(be, torch, batch, scale, np.random.default_rng(0)).all(args.precision)
     if args.only:
         cases = [c for c in cases if any(o in c.name for o in args.only)]
     timer = Timer(be)
     peak = next((v for k, v in PEAKS.items() if gpu and k in device_name(be)), None)
+    tc_peak = next((v for k, v in TC_PEAKS.items() if gpu and k in device_name(be)), None)
     results, failures = [], []
     for c in cases:
         # validate before timing ...
         first = be.to_numpy(c.ours())
         expected, against = c.expected()
         err = rel_err(first, expected)
-        ok = err <= c.tol
+        if c.precision == "fp32":
+            ok = err <= c.tol
+        else:  # within the format's bound of the exact result, elementwise
+            bound = reduction_error_bound(c.abs_expected(), c.reduction, c.precision)
+            ok = bool(np.all(np.abs(first.astype(np.float64) - expected) <= bound))
+            against += f", within the {c.precision} error bound"
         ours_ms = timer(c.ours, args.warmup, args.repeats)
         # ... and after: the kernel still gives the same bits
         if c.repeatable and not np.array_equal(be.to_numpy(c.ours()), first):
             ok = False
             print(f"  {c.name}: output changed between before and after timing")
-        base_ms = timer(c.baseline, args.warmup, args.repeats) if c.baseline else None
+        with torch_precision(torch, c.precision):
+            base_ms = timer(c.baseline, args.warmup, args.repeats) if c.baseline else None
         secs = ours_ms / 1e3
         gflops = c.flops / secs / 1e9 if c.flops else None
         gbps = c.bytes / secs / 1e9 if c.bytes else None
         frac = None
-        if peak:
+        if c.precision != "fp32":
+            frac = c.flops / secs / tc_peak[c.precision] if tc_peak else None
+        elif peak:
             frac = (c.flops / secs / peak[0]) if c.flops else (c.bytes / secs / peak[1])
         r = Result(c.name, c.shape, ours_ms, base_ms, ours_ms / base_ms if base_ms else None,
                    gflops, gbps, frac, err, against)
@@ -473,6 +588,23 @@ def copy_bandwidth(be, nbytes=1 << 30):
     return 2 * nbytes / (ms / 1e3)
 
 
+class torch_precision:
+    """PyTorch's TF32 switches on while a tf32 baseline is timed (off otherwise)."""
+
+    def __init__(self, torch, precision):
+        self.torch, self.on = torch, precision == "tf32"
+
+    def __enter__(self):
+        if self.torch is not None:
+            self.torch.backends.cuda.matmul.allow_tf32 = self.on
+            self.torch.backends.cudnn.allow_tf32 = self.on
+
+    def __exit__(self, *exc):
+        if self.torch is not None:
+            self.torch.backends.cuda.matmul.allow_tf32 = False
+            self.torch.backends.cudnn.allow_tf32 = False
+
+
 def device_name(be):
     if be.name != "cuda":
         return f"CPU ({platform.processor() or platform.machine()}), {be.name} backend"
@@ -481,7 +613,7 @@ def device_name(be):
 
 
 def print_header():
-    print(f"{'case':28s} {'ours ms':>9s} {'base ms':>9s} {'ratio':>6s} {'GFLOP/s':>9s} "
+    print(f"{'case':34s} {'ours ms':>9s} {'base ms':>9s} {'ratio':>6s} {'GFLOP/s':>9s} "
           f"{'GB/s':>8s} {'%peak':>6s} {'err':>8s}")
 
 
@@ -490,7 +622,7 @@ def fmt(v, f):
 
 
 def print_row(r):
-    print(f"{r.name:28s} {fmt(r.ours_ms, '9.3f')} {fmt(r.baseline_ms, '9.3f')} {fmt(r.ratio, '6.2f')} "
+    print(f"{r.name:34s} {fmt(r.ours_ms, '9.3f')} {fmt(r.baseline_ms, '9.3f')} {fmt(r.ratio, '6.2f')} "
           f"{fmt(r.gflops, '9.1f')} {fmt(r.gbps, '8.1f')} "
           f"{fmt(r.frac_peak and 100 * r.frac_peak, '6.1f')} {fmt(r.max_rel_err, '8.1e')}"
           + (" " + ",".join(r.notes) if r.notes else ""), flush=True)
@@ -618,6 +750,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     ap.add_argument("--only", nargs="*", help="run only cases whose name contains one of these")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                    help="conv/FC rows per precision (default: all); tf32/bf16 use tensor cores")
     ap.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/...)")
     ap.add_argument("--emulated", action="store_true",
                     help="model H200 times from the emulator's counters (needs pyalexnet._emu_profile)")
@@ -650,7 +784,9 @@ def main(argv=None):
     summary = {
         "device": name, "backend": be.name, "date": stamp.isoformat(timespec="seconds"),
         "batch": batch, "small": small, "versions": versions(torch),
-        "baseline": "PyTorch cuDNN/cuBLAS, FP32, TF32 off" if torch else None,
+        "baseline": ("PyTorch cuDNN/cuBLAS at each row's precision: fp32 with TF32 off, tf32 with "
+                     "TF32 on, bf16 on bfloat16 tensors") if torch else None,
+        "tensor_core_peaks": next((v for k, v in TC_PEAKS.items() if k in name), None),
         "timing": "CUDA events, median, L2 flushed between repeats" if be.name == "cuda" else "wall clock, median",
         "repeats": args.repeats, "geomean_ratio": float(np.exp(np.mean(np.log(with_base)))) if with_base else None,
         "validation_failures": failures, "version_ratios": ratios,

@@ -2,9 +2,9 @@
 # The prepared GPU check. On a machine with an NVIDIA GPU and no network it installs
 # pyalexnet from this working tree using only packages already there (CuPy, NumPy,
 # Pillow, pybind11, pytest, PyTorch), runs the whole test suite on the cuda backend, the
-# kernel benchmark and a short end-to-end AlexNet run, and writes logs plus summary.json
-# into $OUT (default: a new temporary folder). Budget: under 8 minutes (about 2 without
-# the crash reruns, which are bounded to 6).
+# kernel benchmark (fp32, then the tensor-core rows) and a short end-to-end AlexNet run, and
+# writes logs plus summary.json into $OUT (default: a new temporary folder). Budget: under
+# 10 minutes (about 4 without the crash reruns, which are bounded to 6).
 #
 # A crash leaves evidence in $OUT/crash/: the compiler and flags the emulator was built
 # with, every pytest worker's faulthandler output (in the pytest logs), core dumps with a
@@ -81,9 +81,14 @@ for core in "$OUT"/crash/core*; do
 done
 
 step "kernel benchmark (batch 128, vs cuDNN/cuBLAS)"
-timeout "${BENCH_TIMEOUT:-90}" "$PY" benchmarks/bench_kernels.py --repeats 10 --out "$OUT/kernels.json" \
-  > "$OUT/bench_kernels.log" 2>&1
+timeout "${BENCH_TIMEOUT:-90}" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision fp32 \
+  --out "$OUT/kernels.json" > "$OUT/bench_kernels.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_kernels.log"
+
+step "tensor-core kernels (tf32, bf16 vs PyTorch at the same precision)"
+timeout "${TC_BENCH_TIMEOUT:-90}" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision tf32 bf16 \
+  --only conv fc --out "$OUT/kernels_tc.json" > "$OUT/bench_kernels_tc.log" 2>&1
+echo "bench exit $?" >> "$OUT/bench_kernels_tc.log"
 
 if [ -f benchmarks/bench_alexnet.py ]; then
   step "end-to-end AlexNet (two devices mapped onto one GPU)"
@@ -106,7 +111,7 @@ if junit.exists():
     s["tests"]["seconds"] = float(suite.get("time", 0))
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-for name in ("kernels", "alexnet"):
+for name in ("kernels", "kernels_tc", "alexnet"):
     p = out / f"{name}.json"
     if p.exists():
         s[name] = json.loads(p.read_text())

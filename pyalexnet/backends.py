@@ -305,7 +305,8 @@ def kernel_source(file: str | Path) -> str:
 
     Inlining puts every header's text into the code CuPy hashes for its on-disk cache,
     so editing common.cuh recompiles; #line keeps NVRTC's messages pointing at the real
-    file and line.
+    file and line. ``file`` is relative to kernels/, or a path elsewhere (the tests' own
+    kernels); includes are looked up beside the including file, then in kernels/.
     """
     root = kernel_dir()
     seen = set()
@@ -317,12 +318,13 @@ def kernel_source(file: str | Path) -> str:
         seen.add(path)
         text = path.read_text()
         out, last, line = [], 0, 1
-        rel = path.relative_to(root).as_posix()
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
         for m in _INCLUDE.finditer(text):
             out.append(text[last:m.start()])
             line += text.count("\n", last, m.start())
             out.append(f'#line 1 "{Path(m.group(1)).name}"\n')
-            out.append(expand(path.parent / m.group(1)))
+            beside = path.parent / m.group(1)
+            out.append(expand(beside if beside.exists() else root / m.group(1)))
             out.append(f'\n#line {line + 1} "{rel}"\n')
             last = m.end()
         out.append(text[last:])

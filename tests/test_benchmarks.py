@@ -27,6 +27,8 @@ def test_kernel_benchmark_small_on_emu(tmp_path):
     assert set(result["version_ratios"]) >= {"conv5 backward filter v2", "pool3 backward v2",
                                              "fc8 forward", "conv5 forward winograd4",
                                              "conv5 backward filter winograd2"}
+    # the tensor-core rows run too (the GPU-only baseline aside)
+    assert "conv5 backward data [tf32]" in names and "fc8 backward weight [bf16]" in names
     assert result["validation_failures"] == []
     assert all(r["validated_against"].startswith("NumPy reference") for r in result["results"])
     assert "wrote" in stdout

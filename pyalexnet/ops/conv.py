@@ -8,6 +8,12 @@ The references are im2col + matrix product (a strided window view, then ``tensor
 BLAS does the work): fast enough to train a small net on the ``numpy`` backend, and
 dtype-generic so they run in float64 for gradient checks. The kernels (kernels/conv.cu) are
 implicit GEMMs in four tile shapes; the launcher picks one from the problem size.
+
+precision="tf32" | "bf16" (every pass): the tensor-core kernels of kernels/conv_mma.cu, fp32
+accumulation and fp32 results. tf32 takes float32 tensors (rounded in the kernel, as
+cvt.rna.tf32.f32 does); bf16 takes bf16 tensors (uint16 bit patterns, see ops/precision.py)
+or float32 ones, which are converted first. The references take the same option: operands
+rounded as the hardware rounds them, products accumulated in float32.
 """
 import operator
 
@@ -19,6 +25,7 @@ from ._launch import (ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, r
                       waves)
 from .bias import bias_backward
 from .linear import SPLIT_BYTES_PER_US as HBM_BYTES_PER_US  # partials: written, read once
+from .precision import check_precision, fp32_operand, mma_operand, operand
 
 KERNELS = "conv.cu"
 THREADS = 256          # every conv kernel's block (CONV_THREADS)
@@ -106,8 +113,10 @@ def _windows(x, r, s, stride, pad):
     return sliding_window_view(x, (r, s), axis=(2, 3))[:, :, ::stride, ::stride]
 
 
-def conv2d_forward_reference(x, w, b=None, stride=1, pad=0, groups=1, relu=False):
+def conv2d_forward_reference(x, w, b=None, stride=1, pad=0, groups=1, relu=False,
+                             precision="fp32"):
     n, k, p, q = _geometry(x.shape, w.shape, stride, pad, groups)
+    x, w = operand(x, precision), operand(w, precision)
     cg, kg = w.shape[1], k // groups
     cols = _windows(x, w.shape[2], w.shape[3], stride, pad)
     y = np.empty((n, k, p, q), dtype=np.result_type(x, w))
@@ -124,8 +133,9 @@ def conv2d_forward_reference(x, w, b=None, stride=1, pad=0, groups=1, relu=False
     return y
 
 
-def conv2d_backward_data_reference(dy, w, x_shape, stride=1, pad=0, groups=1):
+def conv2d_backward_data_reference(dy, w, x_shape, stride=1, pad=0, groups=1, precision="fp32"):
     n, k, p, q = _geometry(x_shape, w.shape, stride, pad, groups)
+    dy, w = operand(dy, precision), operand(w, precision)
     _check_dy(dy.shape, (n, k, p, q))
     _, c, h, wd = x_shape
     cg, kg, r, s = w.shape[1], k // groups, w.shape[2], w.shape[3]
@@ -141,8 +151,10 @@ def conv2d_backward_data_reference(dy, w, x_shape, stride=1, pad=0, groups=1):
     return np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + wd])
 
 
-def conv2d_backward_filter_reference(x, dy, w_shape, stride=1, pad=0, groups=1):
+def conv2d_backward_filter_reference(x, dy, w_shape, stride=1, pad=0, groups=1,
+                                     precision="fp32"):
     n, k, p, q = _geometry(x.shape, w_shape, stride, pad, groups)
+    x, dy = operand(x, precision), operand(dy, precision)
     _check_dy(dy.shape, (n, k, p, q))
     cg, kg = w_shape[1], k // groups
     cols = _windows(x, w_shape[2], w_shape[3], stride, pad)
@@ -304,9 +316,10 @@ def _tile(tile, tiles=TILES):
     return tile
 
 
-def _check_kernel_args(what, *arrays):
+def _check_kernel_args(what, *arrays, float32=True):
     for name, a in arrays:
-        require_float32(f"conv2d {what}: {name}", a)
+        if float32:
+            require_float32(f"conv2d {what}: {name}", a)
         if a.size >= INT32_LIMIT:
             raise ValueError(f"conv2d {what}: {name} has {a.size} elements; the kernels index "
                              f"with 32-bit ints (< 2**31)")
@@ -327,25 +340,41 @@ def _dims(x_shape, w_shape, out_shape, stride, pad, groups):
 
 
 # ---- launchers -------------------------------------------------------------------------------
+def _choose_algo(precision, algo, pass_, x_shape, w_shape, stride, pad, groups, tile):
+    """The algorithm: Winograd runs in fp32 only, so tf32 and bf16 take the tensor-core
+    implicit GEMM."""
+    if precision == "fp32":
+        return _resolve_algo(algo, pass_, x_shape, w_shape, stride, pad, groups, tile)
+    if algo not in ("gemm", "auto"):
+        raise ValueError(f"conv2d: algo {algo!r} runs in fp32 only; with precision "
+                         f"{precision!r} use 'gemm' or 'auto'")
+    return "gemm"
+
+
 def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None,
-                   algo="gemm", workspace=None):
+                   algo="gemm", workspace=None, precision="fp32"):
     """y = conv(x, w) + b, then ReLU if ``relu`` (fused in the kernel's epilogue).
 
-    tile: force a (BM, BN) kernel tile (tests, tuning); by default picked from the shape.
+    tile: force a kernel tile (tests, tuning): (BM, BN) for fp32, 128 or 64 for the
+    tensor-core kernels; by default picked from the shape.
     algo: "gemm" (implicit GEMM), "winograd2" / "winograd4" (F(2x2, 3x3) / F(4x4, 3x3),
-    3x3 stride-1 layers only) or "auto" (pick_algo). workspace: for Winograd, a float32
-    array of at least conv2d_workspace_size("forward", ...) elements.
+    3x3 stride-1 layers only, fp32) or "auto" (pick_algo). workspace: for Winograd, a
+    float32 array of at least conv2d_workspace_size("forward", ...) elements.
+    precision: see the module notes.
     """
+    check_precision(precision)
     out = _geometry(x.shape, w.shape, stride, pad, groups)
     k = out[1]
     if b is not None and tuple(b.shape) != (k,):
         raise ValueError(f"conv2d: bias of shape {tuple(b.shape)} for {k} filters")
-    algo = _resolve_algo(algo, "forward", x.shape, w.shape, stride, pad, groups, tile)
+    algo = _choose_algo(precision, algo, "forward", x.shape, w.shape, stride, pad, groups, tile)
     if algo != "gemm":
         return winograd.winograd_forward(be, x, w, b, pad, groups, relu, int(algo[-1]),
                                          workspace)
     if not be.runs_kernels:
-        return conv2d_forward_reference(x, w, b, stride, pad, groups, relu)
+        return conv2d_forward_reference(x, w, b, stride, pad, groups, relu, precision)
+    if precision != "fp32":
+        return _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile)
     _check_kernel_args("forward", ("x", x), ("w", w), *([("b", b)] if b is not None else []))
     n, _, p, q = out
     y = be.empty(out)
@@ -359,22 +388,35 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
 
 
 def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None,
-                         algo="gemm", workspace=None):
+                         algo="gemm", workspace=None, precision="fp32"):
     """dx (N, C, H, W): the gradient of conv2d_forward with respect to its input.
 
     tile: a (BM, BN) GEMM tile or "direct"; by default the direct kernel for fewer than
     DIRECT_MAX_CHANNELS channels per group (conv1), else a tile picked from the shape.
     algo, workspace: as for conv2d_forward (pass "backward_data").
+    tf32 / bf16: 128 or 64, the tensor-core kernel's tile; below DIRECT_MAX_CHANNELS (or
+    with "direct") the fp32 direct kernel runs on float32 copies of the rounded operands.
     """
+    check_precision(precision)
     x_shape = tuple(int(v) for v in x_shape)
     out = _geometry(x_shape, w.shape, stride, pad, groups)
     _check_dy(dy.shape, out)
-    algo = _resolve_algo(algo, "backward_data", x_shape, w.shape, stride, pad, groups, tile)
+    algo = _choose_algo(precision, algo, "backward_data", x_shape, w.shape, stride, pad, groups,
+                        tile)
     if algo != "gemm":
         return winograd.winograd_backward_data(be, dy, w, x_shape, pad, groups, int(algo[-1]),
                                                workspace)
     if not be.runs_kernels:
-        return conv2d_backward_data_reference(dy, w, x_shape, stride, pad, groups)
+        return conv2d_backward_data_reference(dy, w, x_shape, stride, pad, groups, precision)
+    if precision != "fp32":
+        if tile == "direct" or (tile is None and x_shape[1] // groups < DIRECT_MAX_CHANNELS):
+            # a tensor-core tile would be mostly padding (conv1): the fp32 direct kernel on
+            # the operands rounded to the format, so the result is the same product
+            dy = fp32_operand(be, dy, precision, "conv2d backward data: dy")
+            w = fp32_operand(be, w, precision, "conv2d backward data: w")
+            tile = "direct"
+        else:
+            return _mma_backward_data(be, dy, w, x_shape, stride, pad, groups, precision, tile)
     _check_kernel_args("backward data", ("dy", dy), ("w", w))
     n, c, h, wd = x_shape
     dx = be.empty(x_shape)
@@ -393,7 +435,8 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
 
 
 def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=None,
-                           splits=None, version=1, workspace=None, algo="gemm"):
+                           splits=None, version=1, workspace=None, algo="gemm",
+                           precision="fp32"):
     """dw (K, C/groups, R, S), deterministic: the (n, p, q) reduction is cut into a fixed
     number of chunks (from the shape; ``splits`` overrides it) whose partial sums are added
     in chunk order by a second kernel. No atomics, so every run gives the same bits.
@@ -405,14 +448,23 @@ def conv2d_backward_filter(be, x, dy, w_shape, stride=1, pad=0, groups=1, tile=N
     float32 array of at least conv2d_backward_filter_workspace_size(...) elements (any
     shape, C-contiguous) for the partial sums; without it one is allocated per call.
     algo: as for conv2d_forward (pass "backward_filter"; size the workspace with
-    conv2d_workspace_size); splits then counts Winograd's tile chunks."""
+    conv2d_workspace_size); splits then counts Winograd's tile chunks. dw is float32 for
+    every precision (the master weights' gradient); tf32 / bf16 run the tensor-core kernel
+    (tile 128 or 64, version and workspace do not apply)."""
+    check_precision(precision)
     w_shape = tuple(int(v) for v in w_shape)
     out = _geometry(x.shape, w_shape, stride, pad, groups)
     _check_dy(dy.shape, out)
-    algo = _resolve_algo(algo, "backward_filter", x.shape, w_shape, stride, pad, groups, tile)
+    algo = _choose_algo(precision, algo, "backward_filter", x.shape, w_shape, stride, pad,
+                        groups, tile)
     if algo != "gemm":
         return winograd.winograd_backward_filter(be, x, dy, w_shape, pad, groups, int(algo[-1]),
                                                  workspace, splits)
+    if not be.runs_kernels and precision != "fp32":
+        return conv2d_backward_filter_reference(x, dy, w_shape, stride, pad, groups, precision)
+    if precision != "fp32":
+        return _mma_backward_filter(be, x, dy, w_shape, stride, pad, groups, precision, tile,
+                                    splits)
     kernel, tile, splits, length = _filter_plan(x.shape, w_shape, stride, pad, groups, version,
                                                 tile, splits)
     if not be.runs_kernels:
@@ -449,3 +501,175 @@ def conv2d_backward_bias(be, dy):
     if len(dy.shape) != 4:
         raise ValueError(f"conv2d: the output gradient must be 4-D, got shape {tuple(dy.shape)}")
     return bias_backward(be, dy)
+
+
+# ---- tensor-core kernels (kernels/conv_mma.cu) ---------------------------------------------
+MMA_KERNELS = "conv_mma.cu"
+MMA_TILES = {128: 256, 64: 128}  # square tile edge -> threads per block (8 or 4 warps)
+# Relative speed of one block of each tile: a guess until an H200 run measures it; it
+# only ever changes speed.
+MMA_TILE_SPEED = {128: 1.0, 64: 0.7}
+MMA_CHUNK = 16  # the kernels' reduction chunk (MT_BK)
+_TABLES = {}
+_TABLES_MAX = 64
+
+
+def _int4_table(be, columns):
+    """An (n, 4) int32 table on the backend, 16-byte aligned (the kernels read int4)."""
+    tab = np.zeros((len(columns[0]), 4), dtype=np.int32)
+    for i, col in enumerate(columns):
+        tab[:, i] = col
+    if tab.size and np.abs(tab).max() >= INT32_LIMIT:
+        raise ValueError("conv2d: a gather offset exceeds 32 bits")
+    if be.xp is np and tab.ctypes.data % 16:
+        raw = np.zeros(tab.size + 4, dtype=np.int32)
+        start = (-raw.ctypes.data % 16) // 4
+        aligned = raw[start:start + tab.size].reshape(tab.shape)
+        aligned[...] = tab
+        return aligned
+    return be.asarray(tab, dtype=np.int32)
+
+
+def _cached(be, key, build):
+    # NumPy tables serve every CPU backend; device tables are per device
+    key = (be.xp.__name__, getattr(getattr(be, "device", None), "id", None)) + key
+    tab = _TABLES.get(key)
+    if tab is None:
+        if len(_TABLES) >= _TABLES_MAX:
+            _TABLES.pop(next(iter(_TABLES)))
+        tab = _TABLES[key] = build()
+    return tab
+
+
+def _window_table(be, n, c, h, w, k, p, q, stride, pad):
+    """Per output pixel (n, p, q): {input offset of the window origin, its row, its column,
+    output offset}."""
+    def build():
+        img, pp, qq = np.meshgrid(np.arange(n), np.arange(p), np.arange(q), indexing="ij")
+        ih, iw = pp.ravel() * stride - pad, qq.ravel() * stride - pad
+        img = img.ravel()
+        return _int4_table(be, [img * c * h * w + ih * w + iw, ih, iw,
+                                img * k * p * q + pp.ravel() * q + qq.ravel()])
+    return _cached(be, ("window", n, c, h, w, k, p, q, stride, pad), build)
+
+
+def _tap_table(be, c, r, s, h, w):
+    """Per filter tap (c, r, s): {c H W + r W + s, r, s, 0}."""
+    def build():
+        cc, rr, ss = (a.ravel() for a in np.meshgrid(np.arange(c), np.arange(r), np.arange(s),
+                                                     indexing="ij"))
+        return _int4_table(be, [cc * h * w + rr * w + ss, rr, ss, np.zeros_like(cc)])
+    return _cached(be, ("tap", c, r, s, h, w), build)
+
+
+def _mma_tile(rows, cols, groups):
+    """The square tile (128 or 64) that minimises the busiest SM's padded work."""
+    def cost(t):
+        blocks = ceil_div(rows, t) * ceil_div(cols, t) * groups
+        return ceil_div(blocks, TARGET_SMS) * t * t / MMA_TILE_SPEED[t]
+    return min(MMA_TILES, key=cost)
+
+
+def _mma_tile_arg(tile, rows, cols, groups):
+    if tile is None:
+        return _mma_tile(rows, cols, groups)
+    if tile not in MMA_TILES:
+        raise ValueError(f"conv2d: no tensor-core kernel for tile {tile!r}; choose one of "
+                         f"{tuple(MMA_TILES)}")
+    return tile
+
+
+def _mma_launch(be, kind, precision, tile, cols, rows, z, args):
+    grid = (ceil_div(cols, tile), ceil_div(rows, tile), z)
+    if grid[1] > MAX_GRID_YZ or grid[2] > MAX_GRID_YZ:
+        raise ValueError(f"conv2d: launch grid {grid} exceeds CUDA's limit of {MAX_GRID_YZ} in y/z")
+    be.launch(MMA_KERNELS, f"conv_mma_{kind}_{precision}_{tile}", grid, MMA_TILES[tile], args)
+
+
+def _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile):
+    out = _geometry(x.shape, w.shape, stride, pad, groups)
+    n, k, p, q = out
+    _, c, h, wd = x.shape
+    _, cg, r, s = w.shape
+    xk = mma_operand(be, x, precision, "conv2d forward: x")
+    wk = mma_operand(be, w, precision, "conv2d forward: w")
+    if b is not None:
+        require_float32("conv2d forward: b", b)
+    y = be.empty(out)
+    _check_kernel_args("forward", ("x", x), ("y", y), float32=False)
+    tile = _mma_tile_arg(tile, k // groups, n * p * q, groups)
+    _mma_launch(be, "fwd", precision, tile, n * p * q, k // groups, groups,
+                [xk, wk, y if b is None else b, y, _window_table(be, n, c, h, wd, k, p, q, stride, pad),
+                 _tap_table(be, cg, r, s, h, wd),
+                 *_dims(x.shape, w.shape, out, stride, pad, groups), i32(b is not None),
+                 i32(bool(relu))])
+    return y
+
+
+def _mma_backward_data(be, dy, w, x_shape, stride, pad, groups, precision, tile):
+    out = _geometry(x_shape, w.shape, stride, pad, groups)
+    n, k, p, q = out
+    _, c, h, wd = x_shape
+    _, cg, r, s = w.shape
+    dyk = mma_operand(be, dy, precision, "conv2d backward data: dy")
+    wk = mma_operand(be, w, precision, "conv2d backward data: w")
+    dx = be.empty(x_shape)
+    _check_kernel_args("backward data", ("dy", dy), ("dx", dx), float32=False)
+    kg = k // groups
+
+    def pixels():  # (n, h, w): {n K P Q, h + pad, w + pad, dx offset}
+        img, hh, ww = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(h), np.arange(wd),
+                                                     indexing="ij"))
+        return _int4_table(be, [img * k * p * q, hh + pad, ww + pad, img * c * h * wd + hh * wd + ww])
+
+    def taps(for_w):  # (k, r, s): w offset, or {k P Q, -r, -s} on dy's output grid
+        kk, rr, ss = (a.ravel() for a in np.meshgrid(np.arange(kg), np.arange(r), np.arange(s),
+                                                     indexing="ij"))
+        if for_w:
+            z = np.zeros_like(kk)
+            return _int4_table(be, [kk * cg * r * s + rr * s + ss, z, z, z])
+        return _int4_table(be, [kk * p * q, -rr, -ss, np.zeros_like(kk)])
+
+    geo = (n, c, h, wd, k, r, s, p, q, pad, groups)
+    tile = _mma_tile_arg(tile, cg, n * h * wd, groups)
+    _mma_launch(be, "bwd_data", precision, tile, n * h * wd, cg, groups,
+                [dyk, wk, dx, _cached(be, ("bd_pixels",) + geo, pixels),
+                 _cached(be, ("bd_taps_w",) + geo, lambda: taps(True)),
+                 _cached(be, ("bd_taps_dy",) + geo, lambda: taps(False)),
+                 *_dims(x_shape, w.shape, out, stride, pad, groups)])
+    return dx
+
+
+def _mma_backward_filter(be, x, dy, w_shape, stride, pad, groups, precision, tile, splits):
+    out = _geometry(x.shape, w_shape, stride, pad, groups)
+    n, k, p, q = out
+    _, c, h, wd = x.shape
+    _, cg, r, s = w_shape
+    xk = mma_operand(be, x, precision, "conv2d backward filter: x")
+    dyk = mma_operand(be, dy, precision, "conv2d backward filter: dy")
+    kg, ncol, npq = k // groups, cg * r * s, n * p * q
+    tile = _mma_tile_arg(tile, kg, ncol, groups)
+    if splits is None:
+        tiles = ceil_div(kg, tile) * ceil_div(ncol, tile) * groups
+        splits = max(1, min(ceil_div(SPLIT_BLOCKS, tiles), npq // MIN_SPLIT))
+    splits = min(_as_int("splits", splits, 1), npq)
+    length = ceil_div(ceil_div(npq, splits), MMA_CHUNK) * MMA_CHUNK
+    splits = ceil_div(npq, length)  # no empty chunk
+    dw = be.empty(w_shape)
+    ws = dw if splits == 1 else be.empty((splits,) + w_shape)
+    _check_kernel_args("backward filter", ("x", x), ("dy", dy), ("workspace", ws), float32=False)
+
+    def rows_of_dy():  # (n, p, q): dy offset {n K P Q + p Q + q}
+        img, pq = np.divmod(np.arange(npq), p * q)
+        z = np.zeros_like(img)
+        return _int4_table(be, [img * k * p * q + pq, z, z, z])
+
+    _mma_launch(be, "bwd_filter", precision, tile, ncol, kg, splits * groups,
+                [xk, dyk, ws, _tap_table(be, cg, r, s, h, wd),
+                 _cached(be, ("bf_dy", n, k, p, q), rows_of_dy),
+                 _window_table(be, n, c, h, wd, k, p, q, stride, pad),
+                 *_dims(x.shape, w_shape, out, stride, pad, groups), i32(length)])
+    if splits > 1:
+        be.launch(KERNELS, "conv_bwd_filter_reduce", elementwise_grid(dw.size),
+                  ELEMENTWISE_BLOCK, [ws, dw, i32(splits), i64(dw.size)])
+    return dw

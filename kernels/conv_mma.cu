@@ -1,0 +1,154 @@
+// Tensor-core convolution over NCHW tensors (any stride, padding, groups) as implicit GEMM
+// on kernels/mma_tile.cuh: TF32 (fp32 tensors rounded on load) or BF16 (bf16 bit tensors),
+// fp32 accumulation and fp32 outputs. The three products, per group g = blockIdx.z:
+//
+//   pass            rows m          columns n           reduction kk
+//   forward         filter (K/g)    output pixel n,p,q  (c,r,s)  C/g*R*S
+//   backward data   channel (C/g)   input pixel n,h,w   (k,r,s)  K/g*R*S
+//   backward filter filter (K/g)    weight (c,r,s)      (n,p,q)  N*P*Q, split
+//
+// The gathers never divide: the host computes, once per shape, a table entry per column and
+// per reduction index (pyalexnet/ops/conv.py, _mma_tables), int4 {offset, y, z, spare},
+// whose sums give the element's offset and its window position (see mma_tile.cuh).
+// Window tables (forward input, filter-gradient input): column / kk entry
+// {n C H W + (p st - pad) W + q st - pad, p st - pad, q st - pad, output offset} and
+// filter-tap entry {c H W + r W + s, r, s, 0}. Backward data gathers dy on the strided
+// output grid: pixel {n K P Q, h + pad, w + pad, dx offset} plus tap {k P Q, -r, -s, 0}.
+//
+// The filter gradient's reduction is cut into split_len chunks (blockIdx.z = split *
+// groups + g) written to a workspace and summed in order by conv_bwd_filter_reduce
+// (kernels/conv.cu): deterministic, no atomics.
+#include "mma_tile.cuh"
+
+#define CM_DIM_PARAMS                                                                    \
+  int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride, int pad, \
+      int groups
+
+template <int PREC, int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void conv_mma_fwd(const typename mt_types<PREC>::src* __restrict__ x,
+                                             const typename mt_types<PREC>::src* __restrict__ w,
+                                             const float* __restrict__ bias, float* __restrict__ y,
+                                             const int* __restrict__ ntab,
+                                             const int* __restrict__ ktab, CM_DIM_PARAMS,
+                                             int has_bias, int relu) {
+  const int g = blockIdx.z, Kg = K / groups, Cg = C / groups, CgRS = Cg * R * S;
+  const int PQ = P * Q, ncol = N * PQ;
+  mt_operand<PREC> A = {w + g * Kg * CgRS, CgRS, 1, 0, 0, Kg, 0, 0, 1};
+  mt_operand<PREC> B = {x + g * Cg * H * W, 0, 0, ntab, ktab, ncol, H, W, 1};
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  float acc[WM / 16][WN / 8][4];
+  mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST,
+              MT_RFAST | MT_ROW_TABLE | MT_K_TABLE | MT_CHECK_WIN>(A, B, m0, n0, 0, CgRS, acc);
+#pragma unroll
+  for (int nf = 0; nf < WN / 8; ++nf)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int n = n0 + mt_acc_col<BN, WM, WN>(nf, j);
+      if (n >= ncol) continue;
+      float* out = y + mt_entry(ntab, n).w + g * Kg * PQ;
+#pragma unroll
+      for (int mf = 0; mf < WM / 16; ++mf)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int i = 2 * h + j, m = m0 + mt_acc_row<BN, WM, WN>(mf, i);
+          if (m >= Kg) continue;
+          float v = acc[mf][nf][i] + (has_bias ? bias[g * Kg + m] : 0.0f);
+          out[m * PQ] = relu ? fmaxf(v, 0.0f) : v;
+        }
+    }
+}
+
+template <int PREC, int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void conv_mma_bwd_data(
+    const typename mt_types<PREC>::src* __restrict__ dy,
+    const typename mt_types<PREC>::src* __restrict__ w, float* __restrict__ dx,
+    const int* __restrict__ ntab, const int* __restrict__ katab, const int* __restrict__ kbtab,
+    CM_DIM_PARAMS) {
+  const int g = blockIdx.z, Kg = K / groups, Cg = C / groups, RS = R * S, HW = H * W;
+  const int ncol = N * HW;
+  mt_operand<PREC> A = {w + g * Kg * Cg * RS, RS, 0, 0, katab, Cg, 0, 0, 1};
+  mt_operand<PREC> B = {dy + g * Kg * P * Q, 0, 0, ntab, kbtab, ncol, P, Q, stride};
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  float acc[WM / 16][WN / 8][4];
+  mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST | MT_K_TABLE,
+              MT_RFAST | MT_ROW_TABLE | MT_K_TABLE | MT_CHECK_STRIDED>(A, B, m0, n0, 0, Kg * RS,
+                                                                       acc);
+#pragma unroll
+  for (int nf = 0; nf < WN / 8; ++nf)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int n = n0 + mt_acc_col<BN, WM, WN>(nf, j);
+      if (n >= ncol) continue;
+      float* out = dx + mt_entry(ntab, n).w + g * Cg * HW;
+#pragma unroll
+      for (int mf = 0; mf < WM / 16; ++mf)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int i = 2 * h + j, m = m0 + mt_acc_row<BN, WM, WN>(mf, i);
+          if (m < Cg) out[m * HW] = acc[mf][nf][i];
+        }
+    }
+}
+
+template <int PREC, int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void conv_mma_bwd_filter(
+    const typename mt_types<PREC>::src* __restrict__ x,
+    const typename mt_types<PREC>::src* __restrict__ dy, float* __restrict__ ws,
+    const int* __restrict__ ntab, const int* __restrict__ katab, const int* __restrict__ kbtab,
+    CM_DIM_PARAMS, int split_len) {
+  const int split = blockIdx.z / groups, g = blockIdx.z % groups;
+  const int Kg = K / groups, Cg = C / groups, CgRS = Cg * R * S, PQ = P * Q;
+  mt_operand<PREC> A = {dy + g * Kg * PQ, PQ, 0, 0, katab, Kg, 0, 0, 1};
+  mt_operand<PREC> B = {x + g * Cg * H * W, 0, 0, ntab, kbtab, CgRS, H, W, 1};
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int kbeg = split * split_len, kend = min(N * PQ, kbeg + split_len);
+  float acc[WM / 16][WN / 8][4];
+  mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST | MT_K_TABLE,
+              MT_KFAST | MT_ROW_TABLE | MT_K_TABLE | MT_CHECK_WIN>(A, B, m0, n0, kbeg, kend,
+                                                                  acc);
+  float* out = ws + (long long)split * K * CgRS + (long long)g * Kg * CgRS;
+#pragma unroll
+  for (int mf = 0; mf < WM / 16; ++mf)
+#pragma unroll
+    for (int nf = 0; nf < WN / 8; ++nf)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = m0 + mt_acc_row<BN, WM, WN>(mf, i), n = n0 + mt_acc_col<BN, WM, WN>(nf, i);
+        if (m < Kg && n < CgRS) out[m * CgRS + n] = acc[mf][nf][i];
+      }
+}
+
+#define CM_ENTRY(PNAME, PREC, TILE, BM, BN, WM, WN)                                             \
+  extern "C" __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)                      \
+      conv_mma_fwd_##PNAME##_##TILE(const mt_types<PREC>::src* __restrict__ x,                  \
+                                    const mt_types<PREC>::src* __restrict__ w,                  \
+                                    const float* __restrict__ bias, float* __restrict__ y,      \
+                                    const int* __restrict__ ntab, const int* __restrict__ ktab, \
+                                    CM_DIM_PARAMS, int has_bias, int relu) {                    \
+    conv_mma_fwd<PREC, BM, BN, WM, WN>(x, w, bias, y, ntab, ktab, N, C, H, W, K, R, S, P, Q,    \
+                                       stride, pad, groups, has_bias, relu);                    \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)                      \
+      conv_mma_bwd_data_##PNAME##_##TILE(                                                       \
+          const mt_types<PREC>::src* __restrict__ dy, const mt_types<PREC>::src* __restrict__ w, \
+          float* __restrict__ dx, const int* __restrict__ ntab, const int* __restrict__ katab,  \
+          const int* __restrict__ kbtab, CM_DIM_PARAMS) {                                       \
+    conv_mma_bwd_data<PREC, BM, BN, WM, WN>(dy, w, dx, ntab, katab, kbtab, N, C, H, W, K, R, S, \
+                                            P, Q, stride, pad, groups);                         \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)                      \
+      conv_mma_bwd_filter_##PNAME##_##TILE(                                                     \
+          const mt_types<PREC>::src* __restrict__ x, const mt_types<PREC>::src* __restrict__ dy, \
+          float* __restrict__ ws, const int* __restrict__ ntab, const int* __restrict__ katab,  \
+          const int* __restrict__ kbtab, CM_DIM_PARAMS, int split_len) {                        \
+    conv_mma_bwd_filter<PREC, BM, BN, WM, WN>(x, dy, ws, ntab, katab, kbtab, N, C, H, W, K, R,  \
+                                              S, P, Q, stride, pad, groups, split_len);         \
+  }
+#define CM_TILES(PNAME, PREC)                    \
+  CM_ENTRY(PNAME, PREC, 128, 128, 128, 64, 32) \
+  CM_ENTRY(PNAME, PREC, 64, 64, 64, 32, 32)
+
+CM_TILES(tf32, MT_TF32)
+CM_TILES(bf16, MT_BF16)
+#undef CM_TILES
+#undef CM_ENTRY
