@@ -108,8 +108,13 @@ def check_equal_work(net, twin, torch, device, x, labels, seed=7):
     return report
 
 
-def time_torch(torch, twin, device, batches, steps, lr, max_seconds, compiled=False):
-    """Median ms per training step of PyTorch (forward, loss, backward, SGD)."""
+def time_torch(torch, twin, device, batches, steps, lr, max_seconds, compiled=False, bf16=False):
+    """Median ms per training step of PyTorch (forward, loss, backward, SGD); ``bf16``:
+    under autocast(bfloat16), as PyTorch users train in it."""
+    import contextlib
+
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else \
+        contextlib.nullcontext
     model = torch.compile(twin) if compiled else twin
     opt = torch.optim.SGD(twin.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     data = [(torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device))
@@ -121,7 +126,8 @@ def time_torch(torch, twin, device, batches, steps, lr, max_seconds, compiled=Fa
         sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         sync()
@@ -143,6 +149,9 @@ def main(argv=None):
     ap.add_argument("--max-seconds", type=float, default=80, help="stop stepping after this long")
     ap.add_argument("--torch", choices=("auto", "off"), default="auto",
                     help="auto: compare with PyTorch where it is installed (default)")
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                    help="ours: the conv and fc products' format; PyTorch at the same: TF32 "
+                         "allowed, or autocast(bfloat16)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="run our steps as captured graphs (pyalexnet.graphs)")
     ap.add_argument("--no-compile", action="store_true",
@@ -151,7 +160,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     be = get_backend(args.backend)
-    net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0, bias_init="caffe")
+    net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0, bias_init="caffe",
+              precision=args.precision)
     batches = generated_batches(args.pool, args.batch, net.config.crop_size,
                                 net.config.num_classes, seed=1)
     torch = twin = device = None
@@ -168,7 +178,12 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         twin = TorchTwin(net.config).to(device)
+        # the same network and work, checked in fp32 (in tf32/bf16 only the roundings differ)
+        net.engine.precision = "fp32"
         equal = check_equal_work(net, twin, torch, device, *batches[0])
+        net.engine.precision = args.precision
+        if args.precision == "tf32":
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
         print(f"equal work: loss ours {equal['loss_ours']:.6f} torch {equal['loss_torch']:.6f}; "
               f"worst gradient error {equal['worst_over_tolerance']:.3f} x tolerance")
         if equal["worst_over_tolerance"] > 1:
@@ -238,14 +253,16 @@ def main(argv=None):
     baselines = {}
     if torch is not None:
         baselines["pytorch_eager_ms"] = time_torch(torch, twin, device, batches, args.steps,
-                                                   args.lr, args.max_seconds)
+                                                   args.lr, args.max_seconds,
+                                                   bf16=args.precision == "bf16")
         try:
             if args.no_compile:
                 raise RuntimeError("skipped (--no-compile)")
             twin.load_ours(net.state_dict())
             baselines["pytorch_compile_ms"] = time_torch(torch, twin, device, batches,
                                                          args.steps, args.lr, args.max_seconds,
-                                                         compiled=True)
+                                                         compiled=True,
+                                                         bf16=args.precision == "bf16")
         except Exception as e:  # compile needs a compiler toolchain; say why it did not run
             baselines["pytorch_compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     device = be.name
@@ -254,7 +271,8 @@ def main(argv=None):
         device = cupy.cuda.runtime.getDeviceProperties(be.device.id)["name"].decode()
     result = {
         "config": args.config, "device": device, "backend": be.name, "devices": args.devices,
-        "batch": args.batch, "cuda_graph": args.cuda_graph, "steps": len(losses),
+        "batch": args.batch, "precision": args.precision, "cuda_graph": args.cuda_graph,
+        "steps": len(losses),
         "median_ms_per_step": ms,
         "images_per_second": args.batch / (ms / 1e3), "split_ms": split,
         "equal_work_check": equal, **baselines,

@@ -16,6 +16,7 @@ from .backends import Backend
 from .config import load_config
 from .engines import make_engine
 from .model import check_state, init_params
+from .ops.precision import check_precision
 
 DROPOUT_MODES = ("inverted", "classic")
 
@@ -35,12 +36,14 @@ class Net:
     test time); ``num_classes`` overrides the config's; ``lrn_alpha_over_n`` overrides the
     LRN layers' ``alpha_over_n`` (default: the config's, false = the paper's formula);
     ``world`` a pyalexnet.distributed.World: over its ranks, ``parallel`` "dp" (data
-    parallel) or "owt" (conv layers data parallel, fc layers model parallel).
+    parallel) or "owt" (conv layers data parallel, fc layers model parallel); ``precision``
+    "fp32" (default), "tf32" or "bf16": the number format of the conv and fc products (tensor
+    cores; the weights, momentum, update, softmax and loss stay fp32).
     """
 
     def __init__(self, config, backend=None, devices=1, seed=0, bias_init=None,
                  dropout_mode="inverted", num_classes=None, lrn_alpha_over_n=None, world=None,
-                 parallel="dp"):
+                 parallel="dp", precision="fp32"):
         self.config = load_config(config, num_classes)
         if dropout_mode not in DROPOUT_MODES:
             raise ValueError(f"dropout_mode must be one of {DROPOUT_MODES}, got {dropout_mode!r}")
@@ -48,6 +51,7 @@ class Net:
         self.lrn_alpha_over_n = lrn_alpha_over_n
         self.engine = make_engine(self.config, backend, devices, dropout_mode, lrn_alpha_over_n,
                                   world, parallel)
+        self.precision = self.engine.precision = check_precision(precision)
         self.devices = devices
         self.backend = self.engine.devices[0].backend
         bias_init = self.config.init.bias if bias_init is None else bias_init
@@ -156,4 +160,5 @@ def net_from_options(options: dict, backend, num_classes=None, devices=None, wor
                seed=int(options.get("seed", 0)), bias_init=options.get("bias_init", "paper"),
                dropout_mode=options.get("dropout_mode", "inverted"),
                num_classes=num_classes or options.get("num_classes"), world=world,
-               parallel=options.get("parallel", "dp"))
+               parallel=options.get("parallel", "dp"),
+               precision=options.get("precision", "fp32"))

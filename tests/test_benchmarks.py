@@ -65,8 +65,11 @@ def test_alexnet_benchmark_two_towers_equal_work_with_pytorch(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "towers.json"
     run("bench_alexnet.py", "--config", "cifar-towers", "--backend", "numpy", "--devices", "2",
-        "--batch", "8", "--steps", "2", "--pool", "1", "--no-compile", "--out", str(out))
-    check = json.loads(out.read_text())["equal_work_check"]
+        "--batch", "8", "--steps", "2", "--pool", "1", "--no-compile", "--precision", "bf16",
+        "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["precision"] == "bf16" and result["pytorch_eager_images_per_second"] > 0
+    check = result["equal_work_check"]
     assert check["worst_over_tolerance"] <= 1 and "conv3.w" in check and "fc5.w" in check
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

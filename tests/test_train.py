@@ -148,7 +148,7 @@ FLAGS = ["--config", "--data", "--cifar", "--backend", "--devices", "--epochs", 
          "--lr", "--momentum", "--weight-decay", "--schedule", "--lr-steps",
          "--plateau-patience", "--bias-init", "--dropout-mode", "--crop", "--workers", "--seed",
          "--out", "--resume", "--eval-every", "--limit-train", "--limit-val", "--ten-crop",
-         "--max-steps", "--log-every"]
+         "--max-steps", "--log-every", "--precision", "--cuda-graph"]
 
 
 def test_help_documents_every_flag(capsys):

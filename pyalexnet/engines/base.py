@@ -21,6 +21,10 @@ from ..ops.sgd import sgd_update
 
 class Engine:
     devices: list  # devices[0] holds the input and the logits
+    # The number format of the conv and fc products (ops.precision): "fp32" (CUDA cores),
+    # "tf32" or "bf16" (tensor cores, fp32 accumulation; weights, momentum, SGD, softmax
+    # and loss stay fp32).
+    precision = "fp32"
 
     def __init__(self, config, dropout_mode="inverted", alpha_over_n=None):
         self.config = config

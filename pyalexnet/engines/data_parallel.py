@@ -48,6 +48,14 @@ class DataParallelEngine(Engine):
     velocity = property(lambda self: self.inner.velocity,
                         lambda self, v: setattr(self.inner, "velocity", v))
 
+    @property
+    def precision(self):
+        return self.inner.precision
+
+    @precision.setter
+    def precision(self, value):
+        self.inner.precision = value
+
     def device_of(self, name):
         return self.inner.device_of(name)
 

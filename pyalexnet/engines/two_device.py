@@ -118,7 +118,7 @@ class TwoDeviceEngine(Engine):
         """Tower t runs a 'whole' layer as written, a tower-local one with groups / towers."""
         return Pass(train=train, seed=seed, towers=(t,), split=1 if kind == "whole" else
                     self.towers, dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n,
-                    sample_offset=self.sample_offset)
+                    sample_offset=self.sample_offset, precision=self.precision)
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x, train, seed):
@@ -167,7 +167,8 @@ class TwoDeviceEngine(Engine):
         ys, seen = [], []
         for t, dev in enumerate(devs):
             with dev.activate():
-                ys.append(layer.block_forward(dev.backend, acts[t], self._w(layer, t, t), None))
+                ys.append(layer.block_forward(dev.backend, acts[t], self._w(layer, t, t), None,
+                                              self.precision))
         for t, dev in enumerate(devs):
             with dev.activate():
                 inputs = {t: acts[t]}
@@ -175,7 +176,7 @@ class TwoDeviceEngine(Engine):
                     if s != t:
                         inputs[s] = sent[s, t].get()
                         ys[t] = layer.block_forward(dev.backend, inputs[s],
-                                                    self._w(layer, t, s), ys[t])
+                                                    self._w(layer, t, s), ys[t], self.precision)
                 bias_add(dev.backend, ys[t], self._b(layer, t))
                 if step.relu:
                     relu_ops.relu_forward(dev.backend, ys[t], out=ys[t])
@@ -236,18 +237,18 @@ class TwoDeviceEngine(Engine):
                 for s in range(T):
                     if s != t:
                         part = layer.block_backward_data(dev.backend, dys[t], self._w(layer, t, s),
-                                                         seen[t][s])
+                                                         seen[t][s], self.precision)
                         sent[t, s] = self.link.send(part, dev, devs[s])
         dxs, done = [], []
         for t, dev in enumerate(devs):
             be, tn = dev.backend, TOWER_NAMES[t]
             with dev.activate():
                 dxs.append(layer.block_backward_data(be, dys[t], self._w(layer, t, t),
-                                                     seen[t][t]))
+                                                     seen[t][t], self.precision))
                 for s in range(T):
                     self.grads[f"{layer.name}.w@{tn}<{TOWER_NAMES[s]}"] = \
                         layer.block_backward_weight(be, seen[t][s], dys[t],
-                                                    self._w(layer, t, s).shape)
+                                                    self._w(layer, t, s).shape, self.precision)
                     done.append(f"{layer.name}.w@{tn}<{TOWER_NAMES[s]}")
                 self.grads[f"{layer.name}.b@{tn}"] = bias_backward(be, dys[t])
                 done.append(f"{layer.name}.b@{tn}")

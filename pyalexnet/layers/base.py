@@ -40,6 +40,7 @@ class Pass:
     dropout_mode: str = "inverted"
     alpha_over_n: Optional[bool] = None
     sample_offset: int = 0
+    precision: str = "fp32"     # of the conv and fc products: "fp32", "tf32" or "bf16"
 
 
 BASE_FIELDS = ("name", "index", "in_shape", "out_shape")

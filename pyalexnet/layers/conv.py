@@ -8,7 +8,7 @@ from ..ops import conv as conv_ops
 from ..ops import relu as relu_ops
 from ..ops.copy import add_into
 from ..schema import ConfigError
-from .weights import WeightLayer
+from .weights import WeightLayer, low_precision
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,19 +53,24 @@ class Conv(WeightLayer):
                 "b": (self.filters,)}
 
     def forward(self, be, x, params, ctx, relu=False):
-        y = conv_ops.conv2d_forward(be, x, params["w"], params["b"], stride=self.stride,
-                                    pad=self.pad, groups=self.groups // ctx.split, relu=relu)
-        return y, (x, y)
+        pr = ctx.precision
+        # in bf16 the input and weight copies are made once and kept for the backward pass
+        x, w = low_precision(be, x, pr, "conv input"), low_precision(be, params["w"], pr, "w")
+        y = conv_ops.conv2d_forward(be, x, w, params["b"], stride=self.stride, pad=self.pad,
+                                    groups=self.groups // ctx.split, relu=relu, precision=pr)
+        return y, (x, w, y)
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True, relu=False):
-        x, y = cache
+        x, w, y = cache
         if relu:
             dy = relu_ops.relu_backward(be, y, dy)
-        w, s, p, g = params["w"], self.stride, self.pad, self.groups // ctx.split
-        dw = conv_ops.conv2d_backward_filter(be, x, dy, w.shape, stride=s, pad=p, groups=g)
+        pr, s, p, g = ctx.precision, self.stride, self.pad, self.groups // ctx.split
         db = conv_ops.conv2d_backward_bias(be, dy)
-        dx = (conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=s, pad=p, groups=g)
-              if need_dx else None)
+        dy = low_precision(be, dy, pr, "conv output gradient")
+        dw = conv_ops.conv2d_backward_filter(be, x, dy, w.shape, stride=s, pad=p, groups=g,
+                                             precision=pr)
+        dx = (conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=s, pad=p, groups=g,
+                                            precision=pr) if need_dx else None)
         return dx, {"w": dw, "b": db}
 
     def tower_kind(self, first):
@@ -76,17 +81,18 @@ class Conv(WeightLayer):
     def input_slices(self, towers):
         return tower_slices(self.in_shape[0], towers)
 
-    def block_forward(self, be, x, w, acc):
-        y = conv_ops.conv2d_forward(be, x, w, stride=self.stride, pad=self.pad)
+    def block_forward(self, be, x, w, acc, precision="fp32"):
+        y = conv_ops.conv2d_forward(be, x, w, stride=self.stride, pad=self.pad,
+                                    precision=precision)
         return y if acc is None else add_into(be, acc, y)
 
-    def block_backward_data(self, be, dy, w, x):
+    def block_backward_data(self, be, dy, w, x, precision="fp32"):
         return conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=self.stride,
-                                             pad=self.pad)
+                                             pad=self.pad, precision=precision)
 
-    def block_backward_weight(self, be, x, dy, w_shape):
+    def block_backward_weight(self, be, x, dy, w_shape, precision="fp32"):
         return conv_ops.conv2d_backward_filter(be, x, dy, w_shape, stride=self.stride,
-                                               pad=self.pad)
+                                               pad=self.pad, precision=precision)
 
     def note(self, towers):
         s = f"{self.size}x{self.size}"

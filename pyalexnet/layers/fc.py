@@ -9,7 +9,7 @@ from ..devices import feature_slices
 from ..ops import linear as linear_ops
 from ..ops import relu as relu_ops
 from ..schema import ConfigError
-from .weights import WeightLayer
+from .weights import WeightLayer, low_precision
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,19 +31,23 @@ class FC(WeightLayer):
         return {"w": (self.outputs, int(np.prod(self.in_shape))), "b": (self.outputs,)}
 
     def forward(self, be, x, params, ctx, relu=False):
-        x2 = self.block_input(x)
-        y = linear_ops.linear_forward(be, x2, params["w"], params["b"])
+        pr = ctx.precision
+        x2 = low_precision(be, self.block_input(x), pr, "fc input")
+        w = low_precision(be, params["w"], pr, "w")
+        y = linear_ops.linear_forward(be, x2, w, params["b"], precision=pr)
         if relu:
             relu_ops.relu_forward(be, y, out=y)  # y is not needed by the backward pass
-        return y, (x.shape, x2, y if relu else None)
+        return y, (x.shape, x2, w, y if relu else None)
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True, relu=False):
-        x_shape, x2, y = cache
+        x_shape, x2, w, y = cache
         if relu:
             dy = relu_ops.relu_backward(be, y, dy)
-        dw = linear_ops.linear_backward_weight(be, x2, dy)
+        pr = ctx.precision
         db = linear_ops.linear_backward_bias(be, dy)
-        dx = (linear_ops.linear_backward_data(be, dy, params["w"]).reshape(x_shape)
+        dy = low_precision(be, dy, pr, "fc output gradient")
+        dw = linear_ops.linear_backward_weight(be, x2, dy, precision=pr)
+        dx = (linear_ops.linear_backward_data(be, dy, w, precision=pr).reshape(x_shape)
               if need_dx else None)
         return dx, {"w": dw, "b": db}
 
@@ -56,14 +60,15 @@ class FC(WeightLayer):
     def block_input(self, x):
         return x.reshape(x.shape[0], -1)  # a view of a C-contiguous array
 
-    def block_forward(self, be, x, w, acc):
-        return linear_ops.gemm(be, x, w, trans_b=True, beta=0.0 if acc is None else 1.0, c=acc)
+    def block_forward(self, be, x, w, acc, precision="fp32"):
+        return linear_ops.gemm(be, x, w, trans_b=True, beta=0.0 if acc is None else 1.0, c=acc,
+                               precision=precision)
 
-    def block_backward_data(self, be, dy, w, x):
-        return linear_ops.linear_backward_data(be, dy, w)
+    def block_backward_data(self, be, dy, w, x, precision="fp32"):
+        return linear_ops.linear_backward_data(be, dy, w, precision=precision)
 
-    def block_backward_weight(self, be, x, dy, w_shape):
-        return linear_ops.linear_backward_weight(be, x, dy)
+    def block_backward_weight(self, be, x, dy, w_shape, precision="fp32"):
+        return linear_ops.linear_backward_weight(be, x, dy, precision=precision)
 
     def note(self, towers):
         return "(reads both towers)" if towers > 1 else ""

@@ -7,7 +7,14 @@ from typing import Optional
 
 import numpy as np
 
+from ..ops.precision import mma_operand
 from .base import Layer
+
+
+def low_precision(be, a, precision, what):
+    """``a`` as the tensor-core kernels read it: bf16 bits for bf16 (converted once, so a
+    pass that reuses it converts nothing again), the float32 array itself otherwise."""
+    return a if precision == "fp32" else mma_operand(be, a, precision, what)
 
 
 def bias_value(paper_value, bias_init):
@@ -52,12 +59,12 @@ class WeightLayer(Layer):
         """The activations as this layer's blocks read them."""
         return x
 
-    def block_forward(self, be, x, w, acc):
+    def block_forward(self, be, x, w, acc, precision="fp32"):
         """acc + (x's contribution through the weight block w); acc None starts the sum."""
         raise NotImplementedError
 
-    def block_backward_data(self, be, dy, w, x):
+    def block_backward_data(self, be, dy, w, x, precision="fp32"):
         raise NotImplementedError
 
-    def block_backward_weight(self, be, x, dy, w_shape):
+    def block_backward_weight(self, be, x, dy, w_shape, precision="fp32"):
         raise NotImplementedError

@@ -173,6 +173,10 @@ def build_parser():
                         "else numpy, or $PYALEXNET_BACKEND (default: auto)")
     g.add_argument("--devices", type=int, choices=(1, 2), default=None,
                    help="GPUs to split the two-tower net over, as in the paper (default: 1)")
+    g.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
+                   help="number format of the conv and fc products: fp32 (CUDA cores), tf32 or "
+                        "bf16 (tensor cores, fp32 accumulation; weights, momentum, update, "
+                        "softmax and loss stay fp32) (default: fp32)")
     g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture each training step once as CUDA graphs and replay them (on "
                         "emu: recorded launches, replayed; not on numpy) (default: off)")

@@ -36,13 +36,15 @@ DEFAULTS = {
     "log_every": 50,
     "max_steps": None,
     "cuda_graph": False,
+    "precision": "fp32",
 }
 # Options that shape the loss trajectory: a resumed run keeps the checkpoint's values
 # unless the command line says otherwise (--out, --resume and --max-steps are not carried).
 CARRIED = ("config", "source", "backend", "devices", "epochs", "batch_size", "lr", "momentum",
            "weight_decay", "schedule", "lr_steps", "plateau_patience", "max_lr_drops", "lr_decay",
            "bias_init", "dropout_mode", "crop", "resize", "pca_noise", "flip", "workers", "seed",
-           "eval_every", "limit_train", "limit_val", "ten_crop", "log_every", "parallel")
+           "eval_every", "limit_train", "limit_val", "ten_crop", "log_every", "parallel",
+           "precision")
 
 # Where each option's default lives in a Config: (section, field).
 CONFIG_FIELDS = {
