@@ -2,9 +2,10 @@
 # The prepared GPU check. On a machine with an NVIDIA GPU and no network it installs
 # pyalexnet from this working tree using only packages already there (CuPy, NumPy,
 # Pillow, pybind11, pytest, PyTorch), runs the whole test suite on the cuda backend, the
-# kernel benchmark (fp32, then the tensor-core rows) and a short end-to-end AlexNet run, and
-# writes logs plus summary.json into $OUT (default: a new temporary folder). Budget: under
-# 10 minutes (about 4 without the crash reruns, which are bounded to 6).
+# kernel benchmark (fp32, then the tensor-core rows) and whole training steps against
+# PyTorch in fp32, tf32 and bf16, and writes logs plus summary.json into $OUT (default: a
+# new temporary folder). Budget: about 9 minutes at most (every step has a timeout; the
+# crash reruns take at most 4 of them).
 #
 # A crash leaves evidence in $OUT/crash/: the compiler and flags the emulator was built
 # with, every pytest worker's faulthandler output (in the pytest logs), core dumps with a
@@ -57,8 +58,8 @@ PYALEXNET_TEST_BACKENDS=cuda PYALEXNET_EMU_THREADS=2 timeout "${TEST_TIMEOUT:-15
 echo "pytest exit $?" >> "$OUT/pytest-cuda.log"
 tail -3 "$OUT/pytest-cuda.log" | tee -a "$OUT/steps.log"
 
-step "emulator tests alone, 8 workers, three times (reproduce a crash)"
-for i in 1 2 3; do
+step "emulator tests alone, 8 workers, twice (reproduce a crash)"
+for i in 1 2; do
   timeout 60 "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests/test_emulator.py \
     > "$OUT/crash/pytest-emulator-$i.log" 2>&1
   echo "pytest exit $?" >> "$OUT/crash/pytest-emulator-$i.log"
@@ -90,12 +91,20 @@ timeout "${TC_BENCH_TIMEOUT:-90}" "$PY" benchmarks/bench_kernels.py --repeats 10
   --only conv fc --out "$OUT/kernels_tc.json" > "$OUT/bench_kernels_tc.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_kernels_tc.log"
 
-if [ -f benchmarks/bench_alexnet.py ]; then
-  step "end-to-end AlexNet (two devices mapped onto one GPU)"
-  timeout "${E2E_TIMEOUT:-75}" "$PY" benchmarks/bench_alexnet.py --max-seconds 40 --out "$OUT/alexnet.json" \
-    > "$OUT/bench_alexnet.log" 2>&1
-  echo "bench exit $?" >> "$OUT/bench_alexnet.log"
-fi
+# Whole training steps, ours against PyTorch on the same GPU and batch (128): fp32 as
+# captured graphs (TF32 off on both sides; torch.compile as a second anchor), then tf32 and
+# bf16 (PyTorch with TF32 on / autocast(bfloat16)). Each first checks equal work in fp32.
+step "whole step vs PyTorch, fp32 (captured graphs; eager and torch.compile anchors)"
+timeout "${E2E_TIMEOUT:-150}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
+  --max-seconds 15 --out "$OUT/alexnet.json" > "$OUT/bench_alexnet.log" 2>&1
+echo "bench exit $?" >> "$OUT/bench_alexnet.log"
+for pr in tf32 bf16; do
+  step "whole step vs PyTorch, $pr"
+  timeout "${E2E_PREC_TIMEOUT:-60}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
+    --precision "$pr" --no-compile --max-seconds 10 --out "$OUT/alexnet_$pr.json" \
+    > "$OUT/bench_alexnet_$pr.log" 2>&1
+  echo "bench exit $?" >> "$OUT/bench_alexnet_$pr.log"
+done
 
 step "summary"
 "$PY" - "$OUT" <<'PYEOF'
@@ -111,7 +120,7 @@ if junit.exists():
     s["tests"]["seconds"] = float(suite.get("time", 0))
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-for name in ("kernels", "kernels_tc", "alexnet"):
+for name in ("kernels", "kernels_tc", "alexnet", "alexnet_tf32", "alexnet_bf16"):
     p = out / f"{name}.json"
     if p.exists():
         s[name] = json.loads(p.read_text())
