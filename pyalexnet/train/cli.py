@@ -129,6 +129,14 @@ def build_parser():
                    help="use only N training images, for smoke runs (default: all)")
     g.add_argument("--limit-val", type=_positive_int, default=None, metavar="N",
                    help="use only N held-out images (default: all)")
+    g.add_argument("--init-from", metavar="CKPT", default=None,
+                   help="start from this checkpoint's weights (e.g. one made by "
+                        "pyalexnet.convert --from-torchvision); with another number of classes "
+                        "the classifier starts fresh (default: the config's initialisation)")
+    g.add_argument("--class-names", metavar="FILE", default=None,
+                   help="display names of the classes, stored in the checkpoint for predict: "
+                        "one a line, or an ImageNet 'wnid words' file (default: the folder or "
+                        "CIFAR label names)")
     g.add_argument("--workers", type=_nonneg_int, default=None, metavar="N",
                    help=f"data-loading worker processes, 0 = load in this process "
                         f"(default: {d['workers']})")
@@ -201,6 +209,10 @@ def build_parser():
     g.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
                    help="stop after N optimisation steps in total (counting steps before a "
                         "resume), saving a checkpoint, e.g. for smoke runs (default: no limit)")
+    g.add_argument("--stats-every", type=_nonneg_int, default=None, metavar="N",
+                   help="every N steps, per-layer RMS of weights, gradients and updates, "
+                        "update/weight ratio and dead-ReLU fraction into metrics.jsonl and "
+                        "layers.png, 0 = off (default: 0)")
     g.add_argument("--log-every", type=_positive_int, default=None, metavar="N",
                    help="write a train record to metrics.jsonl (and a progress line when not on "
                         f"a terminal) every N steps (default: {d['log_every']})")
@@ -271,6 +283,10 @@ def main(argv=None, stream=None):
         except ckpt.CheckpointError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if resumed.meta.get("kind") == "weights":
+            print(f"error: --resume {args.resume} holds converted weights, not a training run; "
+                  "start from it with --init-from", file=sys.stderr)
+            return 2
     config_name = args.config or (resumed.meta["options"]["config"] if resumed
                                   else DEFAULTS["config"])
     try:
@@ -315,7 +331,11 @@ def main(argv=None, stream=None):
 
 
 def _train(args, opts, out, resumed, world, stream):
-    session = open_session(opts, resume=resumed, world=world)
+    try:
+        session = open_session(opts, resume=resumed, world=world)
+    except (ValueError, OSError, ckpt.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if resumed is not None and args.lr is not None:
         session.state.lr = float(args.lr)  # an explicit --lr replaces the checkpoint's rate
     trainer = Trainer(session, out, stream=stream, max_steps=args.max_steps,
