@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import checkpoint as ckpt
+from .cliargs import ArgumentParser
 from .data import describe_source, make_loader, open_split, source_from_args
 from .net import net_from_options
 
@@ -110,7 +111,7 @@ def net_from_checkpoint(c: ckpt.Checkpoint, backend, devices=None):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m pyalexnet.evaluate",
         description="Top-1/top-5 error of a checkpoint, centre crop and (with --ten-crop) "
                     "the paper's 10-crop average. The data default to the held-out split of "

@@ -11,7 +11,6 @@ others are still predicted; the exit status is then 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
+from .cliargs import ArgumentParser
 from .data.augment import UnreadableImageError, center_crop, load_image, ten_crops, to_chw_float
 from .data.folders import _images_under
 
@@ -61,7 +61,10 @@ class Predictor:
 
         self.ckpt = ckpt.load(checkpoint)
         meta = self.ckpt.meta
-        self.net = net_from_checkpoint(self.ckpt, get_backend(backend), devices=1)
+        try:
+            self.net = net_from_checkpoint(self.ckpt, get_backend(backend), devices=1)
+        except ValueError as e:
+            raise ValueError(f"checkpoint {ckpt.resolve(checkpoint)}: {e}") from None
         opts = meta["options"]
         self.crop, self.resize = int(opts["crop"]), int(opts["resize"])
         self.mean = None if meta.get("mean") is None else np.asarray(meta["mean"], np.float32)
@@ -83,7 +86,7 @@ class Predictor:
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m pyalexnet.predict",
         description="Top-k classes of images (files or folders) under a trained checkpoint.")
     ap.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")

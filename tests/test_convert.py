@@ -199,3 +199,26 @@ def test_onnx_cli_from_a_checkpoint(tmp_path, capsys):
                          str(tmp_path / "m.onnx")]) == 0
     assert "dropout classic" in capsys.readouterr().out
     assert (tmp_path / "m.onnx").stat().st_size > 4 * cfg.num_params
+
+
+def test_fine_tune_from_torchvision_weights(tmp_path, small_tv):
+    """--init-from a converted checkpoint: every pretrained layer is loaded; the data have 10
+    classes, not 1000, so fc8 starts fresh. The adaptive pool lets a 64-pixel crop use the
+    224-pixel weights."""
+    from pyalexnet import train
+    from pyalexnet.data import ensure_builtin_dataset
+    root = ensure_builtin_dataset(tmp_path / "data", num_classes=10, train_per_class=2,
+                                  val_per_class=1, image_size=72, seed=3)
+    state = _tv_state(small_tv[1])
+    out = _cli_import(tmp_path, small_tv[0], state)
+    run = tmp_path / "run"
+    assert train.main(["--config", str(small_tv[0]), "--data", str(root), "--out", str(run),
+                       "--init-from", str(out), "--crop", "64", "--resize", "72",
+                       "--batch-size", "4", "--max-steps", "1", "--lr", "1e-30",
+                       "--backend", "numpy", "--eval-every", "0"]) == 0
+    got, want = ckpt.load(run).params, ckpt.load(out).params
+    for k in want:
+        if k.startswith("fc8."):
+            assert got[k].shape[0] == 10
+        else:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)

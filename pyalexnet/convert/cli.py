@@ -1,11 +1,11 @@
 """``python -m pyalexnet.convert``: one conversion a run (see the package doc)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from .. import checkpoint as ckpt
+from ..cliargs import ArgumentParser
 from ..classnames import ClassNamesError, read_class_names
 from ..config import load_config
 from ..layers import ConfigError
@@ -15,7 +15,7 @@ from .torchvision import MEAN, ConvertError
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m pyalexnet.convert",
         description="Import torchvision AlexNet weights as a checkpoint, or export a "
                     "checkpoint to torchvision (.pth, .safetensors) or ONNX.")

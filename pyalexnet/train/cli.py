@@ -32,6 +32,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import distributed
 from ..backends import get_backend
+from ..cliargs import ArgumentParser
 from ..config import load_config
 from .loop import EXIT_INTERRUPTED, Trainer
 from .options import DEFAULTS, parse_lr_steps, resolve_options
@@ -85,7 +86,7 @@ def _lr_steps(s):
 
 def build_parser():
     d = DEFAULTS
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m pyalexnet.train",
         description="Train AlexNet (or the small CIFAR-style net) with SGD, momentum and weight "
                     "decay, the paper's initialisation and learning-rate schedule. With no "
