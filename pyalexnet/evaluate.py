@@ -157,6 +157,10 @@ def main(argv=None):
         source = {"kind": "builtin", "root": None}
     elif args.data or args.cifar:
         source = source_from_args(args.data, args.cifar)
+    elif opts.get("source") is None:
+        print(f"error: {args.checkpoint} holds converted weights and no training data to "
+              "evaluate on; give --data DIR, --cifar DIR or --builtin", file=sys.stderr)
+        return 2
     else:
         source = opts["source"]
     be = get_backend(None if args.backend == "auto" else args.backend)
