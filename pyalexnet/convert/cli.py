@@ -1,6 +1,7 @@
 """``python -m pyalexnet.convert``: one conversion a run (see the package doc)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def build_parser():
     act.add_argument("--to-torchvision", metavar="FILE",
                      help="write --checkpoint as a torchvision state dict (.pth or .safetensors)")
     act.add_argument("--to-onnx", metavar="FILE", help="write --checkpoint as an ONNX model")
-    ap.add_argument("--checkpoint", metavar="PATH", help="checkpoint file or run directory to export")
+    ap.add_argument("--checkpoint", metavar="PATH", default=os.path.join("runs", "latest"),
+                    help="checkpoint file or run directory to export (default: runs/latest)")
     ap.add_argument("--out", metavar="CKPT.npz", help="with --from-torchvision: the checkpoint to write")
     ap.add_argument("--config", default="alexnet-torchvision",
                     help="with --from-torchvision: the config the weights fit (default: "
@@ -81,9 +83,6 @@ def _export(args):
     from .onnx_export import export_onnx
     from .torchvision import to_torchvision, write_state_dict
 
-    flag = "--to-onnx" if args.to_onnx else "--to-torchvision"
-    if not args.checkpoint:
-        raise ConvertError(f"{flag} needs --checkpoint PATH (a checkpoint file or run directory)")
     config, params, meta = load_weights(args.checkpoint)
     if args.to_onnx:
         mode = args.dropout_mode or meta["options"].get("dropout_mode", "inverted")

@@ -24,10 +24,10 @@ from .lrn import LRN
 from .pool import MaxPool
 from .relu import ReLU
 
-LAYER_TYPES = {cls.TYPE: cls for cls in (Conv, FC, ReLU, LRN, MaxPool, AvgPool, Dropout)}
+LAYER_TYPES = {cls.TYPE: cls for cls in (Conv, FC, ReLU, LRN, MaxPool, Dropout, AvgPool)}
 
 __all__ = ["LAYER_TYPES", "ConfigError", "Layer", "Pass", "Step", "build_steps", "parse_layers",
-           "Conv", "FC", "ReLU", "LRN", "MaxPool", "AvgPool", "Dropout"]
+           "Conv", "FC", "ReLU", "LRN", "MaxPool", "Dropout", "AvgPool"]
 
 
 def parse_layers(tables, input_shape, towers=1, num_classes=None) -> list:
