@@ -243,3 +243,17 @@ def test_pth_with_an_extra_key(tmp_path, capsys):
                     str(tmp_path / "o.npz"), "--config", str(path)]) == 2
     _one_line(capsys, "junk.pth", "not a readable PyTorch state dict")
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_resume_from_converted_weights(tmp_path, capsys):
+    from pyalexnet import checkpoint as ckpt
+    ckpt.save(tmp_path / "w.npz", {}, {}, {"kind": "weights", "options": {"config": "cifar-small"}})
+    assert train.main(["--resume", str(tmp_path / "w.npz")]) == 2
+    _one_line(capsys, "w.npz", "--init-from")
+
+
+def test_class_names_that_do_not_fit(tiny, tmp_path, capsys):  # noqa: F811
+    names = tmp_path / "names.txt"
+    names.write_text("one\ntwo\n")
+    assert train.main(_args(tiny, tmp_path / "run", "--class-names", str(names))) == 2
+    _one_line(capsys, "--class-names", "2 names for 10 classes")

@@ -128,7 +128,7 @@ def torch_run(tmp_path_factory):
     torch.save(model.state_dict(), tmp / "alexnet.pth")
     out = tmp / "tv.npz"
     assert convert_main(["--from-torchvision", str(tmp / "alexnet.pth"), "--out", str(out)]) == 0
-    ours_x, tv_x = _images()
+    ours_x, tv_x = _images(n=1)
     with torch.no_grad():
         want = model(torch.from_numpy(tv_x)).numpy().astype(np.float64)
     return ckpt.load(out).params, ours_x, want

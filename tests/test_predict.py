@@ -68,3 +68,38 @@ def test_cli_runs_as_a_module(trained):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.splitlines()) == 2
+
+
+def test_class_names_file_reaches_predict(tiny, tmp_path, capsys):  # noqa: F811
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"shape number {i}\n" for i in range(10)))
+    run = tmp_path / "run"
+    assert train.main(_args(tiny, run, "--epochs", "1", "--class-names", str(names))) == 0
+    capsys.readouterr()
+    assert predict.main([_val_images(tiny[1], 1)[0], "--checkpoint", str(run), "--top", "10"]) == 0
+    shown = {line.split("%", 1)[1].strip() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert shown == {f"shape number {i}" for i in range(10)}
+
+
+def test_converted_torchvision_weights_predict_with_synset_words(tmp_path, capsys):
+    from shrink import shrunk_config
+    from test_convert import _tv_state
+
+    from pyalexnet.convert.cli import main as convert
+    from pyalexnet.convert.safetensors_io import write_safetensors
+    path, cfg = shrunk_config("alexnet-torchvision", tmp_path)
+    write_safetensors(tmp_path / "w.safetensors", _tv_state(cfg, num_classes=3))
+    (tmp_path / "synsets.txt").write_text("n01440764 tench, Tinca tinca\n"
+                                          "n01443537 goldfish, Carassius auratus\n"
+                                          "n01484850 great white shark\n")
+    assert convert(["--from-torchvision", str(tmp_path / "w.safetensors"), "--out",
+                    str(tmp_path / "tv.npz"), "--config", str(path), "--class-names",
+                    str(tmp_path / "synsets.txt")]) == 0
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)).save(
+        tmp_path / "photo.png")
+    capsys.readouterr()
+    assert predict.main([str(tmp_path / "photo.png"), "--checkpoint", str(tmp_path / "tv.npz"),
+                         "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top"]
+    assert {t["class"] for t in top} == {"tench, Tinca tinca", "goldfish, Carassius auratus",
+                                         "great white shark"}
