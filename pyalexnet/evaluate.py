@@ -164,8 +164,12 @@ def main(argv=None):
     else:
         source = opts["source"]
     be = get_backend(None if args.backend == "auto" else args.backend)
-    net = net_from_checkpoint(c, be, devices=args.devices)
-    ds, classes = open_split(source, args.split)
+    try:
+        net = net_from_checkpoint(c, be, devices=args.devices)
+        ds, classes = open_split(source, args.split)
+    except (ValueError, OSError) as e:
+        print(f"error: {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
     if c.meta.get("num_classes") and len(classes) != int(c.meta["num_classes"]):
         print(f"error: the checkpoint has {c.meta['num_classes']} classes but "
               f"{describe_source(source)} has {len(classes)}", file=sys.stderr)

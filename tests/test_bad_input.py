@@ -73,6 +73,8 @@ def test_checkpoint_of_another_config(trained, tiny, tmp_path, capsys):  # noqa:
     img = next((root / "val").rglob("*.jp*g"))
     assert predict.main([str(img), "--checkpoint", str(other)]) == 2
     _one_line(capsys, other, "cifar-small", "missing")
+    assert evaluate.main([str(other)]) == 2
+    _one_line(capsys, other, "cifar-small", "missing")
     # fine-tuning the tiny net from cifar-small weights
     small = tmp_path / "small.npz"
     from pyalexnet.config import load_config

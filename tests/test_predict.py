@@ -79,6 +79,8 @@ def test_class_names_file_reaches_predict(tiny, tmp_path, capsys):  # noqa: F811
     assert predict.main([_val_images(tiny[1], 1)[0], "--checkpoint", str(run), "--top", "10"]) == 0
     shown = {line.split("%", 1)[1].strip() for line in capsys.readouterr().out.splitlines()[1:]}
     assert shown == {f"shape number {i}" for i in range(10)}
+    assert train.main(["--resume", str(run), "--epochs", "2"]) == 0  # the names stay
+    assert ckpt.load(run).meta["class_names"][3] == "shape number 3"
 
 
 def test_converted_torchvision_weights_predict_with_synset_words(tmp_path, capsys):

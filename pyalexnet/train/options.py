@@ -47,7 +47,7 @@ CARRIED = ("config", "source", "backend", "devices", "epochs", "batch_size", "lr
            "weight_decay", "schedule", "lr_steps", "plateau_patience", "max_lr_drops", "lr_decay",
            "bias_init", "dropout_mode", "crop", "resize", "pca_noise", "flip", "workers", "seed",
            "eval_every", "limit_train", "limit_val", "ten_crop", "log_every", "parallel",
-           "precision", "class_names", "stats_every")
+           "precision", "stats_every")
 
 # Where each option's default lives in a Config: (section, field).
 CONFIG_FIELDS = {

@@ -102,8 +102,10 @@ def open_session(opts, resume=None, world=None) -> Session:
         if opts.get("init_from"):
             init_from(net, opts["init_from"])
         state = TrainState(lr=float(opts["lr"]), mean=channel_mean(net.config, train_set, opts))
-    names = (read_class_names(opts["class_names"], classes=classes) if opts.get("class_names")
-             else None)
+    if opts.get("class_names"):
+        names = read_class_names(opts["class_names"], classes=classes)
+    else:  # a resumed run keeps the names its checkpoint stores
+        names = resume.meta.get("class_names") if resume is not None else None
     return Session(opts, net, backend, train_set, val_set, classes, state,
                    Loaders(opts, train_set, val_set, state.mean, world), resume is not None,
                    world, names)
