@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from test_train import _args, tiny  # noqa: F401  (the tiny net and data of the train tests)
+from test_train import _args, _assert_same_state, tiny  # noqa: F401
 
 from pyalexnet import train
 from pyalexnet.net import Net
@@ -34,3 +34,17 @@ def test_relu_zero_fraction_counts_zeros():
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     fr = relu_zero_fractions(net, x)
     assert fr["conv1"] == 1.0 and set(fr) == {"conv1", "conv2", "conv3"}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_stats_do_not_change_training(tiny, tmp_path, backend):  # noqa: F811
+    """The statistics only read: the same steps with and without them end bit for bit alike
+    (on emu also with the step's fixed buffers, pyalexnet.memory)."""
+    runs = []
+    for every in ("0", "1"):
+        out = tmp_path / f"every{every}"
+        argv = _args(tiny, out, "--max-steps", "3", "--stats-every", every, "--eval-every", "0")
+        argv[argv.index("--backend") + 1] = backend
+        assert train.main(argv) == 0
+        runs.append(out)
+    _assert_same_state(*runs)
