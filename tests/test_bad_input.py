@@ -159,6 +159,13 @@ def test_bad_flags(capsys, flag, value, needle):
     _usage_error(capsys, train.main, [flag, value], needle)
 
 
+def test_stats_with_cuda_graph(tiny, tmp_path, capsys):  # noqa: F811
+    argv = _args(tiny, tmp_path / "run", "--stats-every", "1", "--cuda-graph")
+    argv[argv.index("--backend") + 1] = "emu"
+    assert train.main(argv) == 2
+    _one_line(capsys, "--stats-every", "--cuda-graph")
+
+
 def test_bad_predict_flags(capsys, tmp_path):
     _usage_error(capsys, predict.main, ["--top"], "--top")
     assert predict.main(["x.jpg", "--top", "0"]) == 2

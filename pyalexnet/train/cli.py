@@ -298,6 +298,9 @@ def main(argv=None, stream=None):
     args.config = config_name
     opts = resolve_options(vars(args), config, resumed.meta["options"] if resumed else None)
     problem = _distributed_checks(args, opts)
+    if opts["stats_every"] and (opts["cuda_graph"] or distributed.world_size_from_env() > 1):
+        problem = ("--stats-every runs with single-process eager steps only, not with "
+                   "--cuda-graph or torchrun ranks")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
