@@ -81,6 +81,10 @@ setup(
         # torch.distributed moves the gradients between processes (torchrun). Install the
         # CPU build first (pip install torch==2.13.0) where a CUDA build must not be pulled.
         "distributed": ["torch>=2.4,<3"],
+        # reading and writing torchvision .pth files (.safetensors needs nothing)
+        "torch": ["torch>=2.4,<3"],
+        # ONNX export, and the test that runs it in onnxruntime
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "safetensors>=0.4"],
     },
     ext_modules=[emu],
     cmdclass={"build_ext": BuildExtWithProfiler, "build_py": BuildPyWithKernels},

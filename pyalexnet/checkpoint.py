@@ -21,6 +21,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def load(path) -> Checkpoint:
     if not p.exists():
         where = f" (looked for {FILENAME} in the directory {path})" if Path(path).is_dir() else ""
         raise CheckpointError(f"no checkpoint at {p}{where}")
+    size = p.stat().st_size
+    if size == 0 or not zipfile.is_zipfile(p):
+        what = "it is empty (0 bytes)" if size == 0 else "it is truncated or not a .npz file"
+        raise CheckpointError(f"cannot read checkpoint {p}: {what}; a checkpoint is the .npz "
+                              "file that pyalexnet.train or pyalexnet.convert writes")
     try:
         with np.load(p, allow_pickle=False) as z:
             files = list(z.files)

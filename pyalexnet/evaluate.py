@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import checkpoint as ckpt
+from .cliargs import ArgumentParser
 from .data import describe_source, make_loader, open_split, source_from_args
 from .net import net_from_options
 
@@ -110,7 +111,7 @@ def net_from_checkpoint(c: ckpt.Checkpoint, backend, devices=None):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m pyalexnet.evaluate",
         description="Top-1/top-5 error of a checkpoint, centre crop and (with --ten-crop) "
                     "the paper's 10-crop average. The data default to the held-out split of "
@@ -156,11 +157,19 @@ def main(argv=None):
         source = {"kind": "builtin", "root": None}
     elif args.data or args.cifar:
         source = source_from_args(args.data, args.cifar)
+    elif opts.get("source") is None:
+        print(f"error: {args.checkpoint} holds converted weights and no training data to "
+              "evaluate on; give --data DIR, --cifar DIR or --builtin", file=sys.stderr)
+        return 2
     else:
         source = opts["source"]
     be = get_backend(None if args.backend == "auto" else args.backend)
-    net = net_from_checkpoint(c, be, devices=args.devices)
-    ds, classes = open_split(source, args.split)
+    try:
+        net = net_from_checkpoint(c, be, devices=args.devices)
+        ds, classes = open_split(source, args.split)
+    except (ValueError, OSError) as e:
+        print(f"error: {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
     if c.meta.get("num_classes") and len(classes) != int(c.meta["num_classes"]):
         print(f"error: the checkpoint has {c.meta['num_classes']} classes but "
               f"{describe_source(source)} has {len(classes)}", file=sys.stderr)

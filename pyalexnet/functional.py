@@ -14,6 +14,7 @@ return new arrays here and leave their inputs untouched.
 import numpy as np
 
 from .backends import get_backend
+from .ops import avgpool as _avgpool
 from .ops import bias as _bias
 from .ops import conv as _conv
 from .ops import dropout as _dropout
@@ -28,7 +29,7 @@ __all__ = ["relu_forward", "relu_backward", "bias_add", "bias_backward", "conv2d
            "conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias", "gemm",
            "linear_forward", "linear_backward_data", "linear_backward_weight",
            "linear_backward_bias", "lrn_forward", "lrn_backward", "maxpool_forward",
-           "maxpool_backward", "dropout_forward", "dropout_backward",
+           "maxpool_backward", "avgpool_forward", "avgpool_backward", "dropout_forward", "dropout_backward",
            "softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "topk_errors",
            "sgd_update"]
 
@@ -172,6 +173,16 @@ def maxpool_forward(x, kernel=3, stride=2, *, backend=None):
 @_mirrors(_pool.maxpool_backward)
 def maxpool_backward(x, y, dy, kernel=3, stride=2, *, backend=None):
     return _run(_pool.maxpool_backward, backend, x, y, dy, kernel=kernel, stride=stride)
+
+
+@_mirrors(_avgpool.avgpool_forward)
+def avgpool_forward(x, output, *, backend=None):
+    return _run(_avgpool.avgpool_forward, backend, x, output)
+
+
+@_mirrors(_avgpool.avgpool_backward)
+def avgpool_backward(x_shape, dy, output, *, backend=None):
+    return _run(_avgpool.avgpool_backward, backend, tuple(x_shape), dy, output)
 
 
 @_mirrors(_dropout.dropout_forward)

@@ -151,11 +151,16 @@ def _seed(seed):
     return int(seed) if isinstance(seed, (int, np.integer)) else seed
 
 
+def config_from_options(options: dict, num_classes=None):
+    """The Config of a run's resolved options (those a checkpoint stores)."""
+    return load_config(options["config"], num_classes).with_input(options.get("crop"),
+                                                                  options.get("resize"))
+
+
 def net_from_options(options: dict, backend, num_classes=None, devices=None, world=None) -> Net:
     """A Net made from a run's resolved options (those a checkpoint stores): the config,
     with the input size of --crop/--resize, and the initialisation and dropout choices."""
-    config = load_config(options["config"]).with_input(options.get("crop"),
-                                                       options.get("resize"))
+    config = config_from_options(options)
     return Net(config, backend=backend, devices=int(devices or options.get("devices", 1)),
                seed=int(options.get("seed", 0)), bias_init=options.get("bias_init", "paper"),
                dropout_mode=options.get("dropout_mode", "inverted"),

@@ -70,7 +70,7 @@ def _fmt(v):
     return f"{v:g}" if float(v).is_integer() else f"{v:.3g}"
 
 
-def _chart(img, box, series, title, xlabel, ylabel, y_min=None, y_max=None):
+def _chart(img, box, series, title, xlabel, ylabel, y_min=None, y_max=None, colors=None):
     """Draw line ``series`` [(label, xs, ys)] inside ``box`` = (left, top, right, bottom)."""
     draw = ImageDraw.Draw(img)
     font, small = _font(14), _font(11)
@@ -118,7 +118,7 @@ def _chart(img, box, series, title, xlabel, ylabel, y_min=None, y_max=None):
 
     legend_y = pt + 6
     for label, xs, ys in series:
-        color = COLORS.get(label, (0, 0, 0))
+        color = (colors or COLORS).get(label, (0, 0, 0))
         line = [(px(x), py(y)) for x, y in zip(xs, ys)
                 if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
         if not line:

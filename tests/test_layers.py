@@ -68,7 +68,7 @@ def test_a_new_layer_type_is_one_class_and_one_registry_entry(monkeypatch):
 
 def test_unregistered_types_are_listed():
     with pytest.raises(ConfigError, match="type must be one of conv, fc, relu, lrn, maxpool, "
-                                          "dropout, got 'scale'"):
+                                          "dropout, avgpool, got 'scale'"):
         parse_config(tiny_raw({"name": "half", "type": "scale"}), "test")
 
 

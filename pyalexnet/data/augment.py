@@ -14,6 +14,8 @@ Crops are views where slicing allows it; copy them if you keep them.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -32,6 +34,10 @@ IMAGENET_MEAN01 = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 ALPHA_BACKGROUND = (255, 255, 255)
 
 
+# Pixels an image may need decoded (after a JPEG's reduced-size decoding): 3 bytes each.
+MAX_DECODED_PIXELS = 64_000_000
+
+
 class UnreadableImageError(OSError):
     """A file that Pillow cannot decode (corrupt, truncated, not an image, odd mode)."""
 
@@ -43,14 +49,24 @@ def load_image(path, resize=256):
     EXIF orientation is applied. The shorter side is rescaled to ``resize`` and the centre
     square kept (the paper's "rescale to 256, crop the central 256x256 patch").
     ``resize=None`` keeps the native size. Raises UnreadableImageError for anything that
-    cannot be decoded.
+    cannot be decoded, and for images that would decode to more than MAX_DECODED_PIXELS.
     """
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # The size guard below replaces Pillow's decompression-bomb warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             if resize is not None and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger
                 # than needed: several times faster, and the result stays >= resize.
                 img.draft("RGB" if img.mode == "RGB" else None, (resize, resize))
+            w, h = img.size
+            if w * h > MAX_DECODED_PIXELS:
+                raise UnreadableImageError(
+                    f"cannot read image {path}: {w}x{h} is {w * h / 1e6:.0f} megapixels to decode, "
+                    f"more than the limit of {MAX_DECODED_PIXELS / 1e6:.0f} (JPEGs are decoded "
+                    "at reduced size and rarely reach it; scale the image down first)")
             img.load()
             img = to_rgb(_upright(img))
             if resize is not None:

@@ -53,7 +53,13 @@ def open_split(source, split):
     if split != "train":
         # Labels follow the training set's class list, so val labels mean the same classes.
         train_classes = ImageFolder(root / "train").classes
-    ds = ImageFolder(root / split, classes=train_classes)
+    try:
+        ds = ImageFolder(root / split, classes=train_classes)
+    except ValueError as e:
+        if train_classes is None or "not in the given class list" not in str(e):
+            raise
+        raise ValueError(f"{e}: the class folders of {root / split} must be among the "
+                         f"{len(train_classes)} of {root / 'train'}") from None
     return ds, list(ds.classes)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..schema import ConfigError
+from .avgpool import AvgPool
 from .base import Layer, Pass
 from .conv import Conv
 from .dropout import Dropout
@@ -23,10 +24,10 @@ from .lrn import LRN
 from .pool import MaxPool
 from .relu import ReLU
 
-LAYER_TYPES = {cls.TYPE: cls for cls in (Conv, FC, ReLU, LRN, MaxPool, Dropout)}
+LAYER_TYPES = {cls.TYPE: cls for cls in (Conv, FC, ReLU, LRN, MaxPool, Dropout, AvgPool)}
 
 __all__ = ["LAYER_TYPES", "ConfigError", "Layer", "Pass", "Step", "build_steps", "parse_layers",
-           "Conv", "FC", "ReLU", "LRN", "MaxPool", "Dropout"]
+           "Conv", "FC", "ReLU", "LRN", "MaxPool", "Dropout", "AvgPool"]
 
 
 def parse_layers(tables, input_shape, towers=1, num_classes=None) -> list:

@@ -32,6 +32,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import distributed
 from ..backends import get_backend
+from ..cliargs import ArgumentParser
 from ..config import load_config
 from .loop import EXIT_INTERRUPTED, Trainer
 from .options import DEFAULTS, parse_lr_steps, resolve_options
@@ -85,7 +86,7 @@ def _lr_steps(s):
 
 def build_parser():
     d = DEFAULTS
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m pyalexnet.train",
         description="Train AlexNet (or the small CIFAR-style net) with SGD, momentum and weight "
                     "decay, the paper's initialisation and learning-rate schedule. With no "
@@ -129,6 +130,14 @@ def build_parser():
                    help="use only N training images, for smoke runs (default: all)")
     g.add_argument("--limit-val", type=_positive_int, default=None, metavar="N",
                    help="use only N held-out images (default: all)")
+    g.add_argument("--init-from", metavar="CKPT", default=None,
+                   help="start from this checkpoint's weights (e.g. one made by "
+                        "pyalexnet.convert --from-torchvision); with another number of classes "
+                        "the classifier starts fresh (default: the config's initialisation)")
+    g.add_argument("--class-names", metavar="FILE", default=None,
+                   help="display names of the classes, stored in the checkpoint for predict: "
+                        "one a line, or an ImageNet 'wnid words' file (default: the folder or "
+                        "CIFAR label names)")
     g.add_argument("--workers", type=_nonneg_int, default=None, metavar="N",
                    help=f"data-loading worker processes, 0 = load in this process "
                         f"(default: {d['workers']})")
@@ -201,6 +210,10 @@ def build_parser():
     g.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
                    help="stop after N optimisation steps in total (counting steps before a "
                         "resume), saving a checkpoint, e.g. for smoke runs (default: no limit)")
+    g.add_argument("--stats-every", type=_nonneg_int, default=None, metavar="N",
+                   help="every N steps, per-layer RMS of weights, gradients and updates, "
+                        "update/weight ratio and dead-ReLU fraction into metrics.jsonl and "
+                        "layers.png, 0 = off (default: 0)")
     g.add_argument("--log-every", type=_positive_int, default=None, metavar="N",
                    help="write a train record to metrics.jsonl (and a progress line when not on "
                         f"a terminal) every N steps (default: {d['log_every']})")
@@ -271,6 +284,10 @@ def main(argv=None, stream=None):
         except ckpt.CheckpointError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if resumed.meta.get("kind") == "weights":
+            print(f"error: --resume {args.resume} holds converted weights, not a training run; "
+                  "start from it with --init-from", file=sys.stderr)
+            return 2
     config_name = args.config or (resumed.meta["options"]["config"] if resumed
                                   else DEFAULTS["config"])
     try:
@@ -281,6 +298,9 @@ def main(argv=None, stream=None):
     args.config = config_name
     opts = resolve_options(vars(args), config, resumed.meta["options"] if resumed else None)
     problem = _distributed_checks(args, opts)
+    if opts["stats_every"] and (opts["cuda_graph"] or distributed.world_size_from_env() > 1):
+        problem = ("--stats-every runs with single-process eager steps only, not with "
+                   "--cuda-graph or torchrun ranks")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -315,7 +335,11 @@ def main(argv=None, stream=None):
 
 
 def _train(args, opts, out, resumed, world, stream):
-    session = open_session(opts, resume=resumed, world=world)
+    try:
+        session = open_session(opts, resume=resumed, world=world)
+    except (ValueError, OSError, ckpt.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if resumed is not None and args.lr is not None:
         session.state.lr = float(args.lr)  # an explicit --lr replaces the checkpoint's rate
     trainer = Trainer(session, out, stream=stream, max_steps=args.max_steps,

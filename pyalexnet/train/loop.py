@@ -35,6 +35,7 @@ from ..progress import Progress, format_duration
 from ..rng import step_seed
 from .metrics import Averages, MetricsLog, draw_pictures
 from .schedule import Schedule
+from .stats import LayerStats, plot_layers
 
 EXIT_NAN = 3
 EXIT_INTERRUPTED = 130
@@ -106,6 +107,7 @@ class Trainer:
         self._in_update = False
         self.metrics = (MetricsLog if self.main else _NoMetrics)(self.out / "metrics.jsonl")
         self._graphs = {}  # input shape -> GraphedStep, with --cuda-graph
+        self.stats = LayerStats(self.opts.get("stats_every"))
 
     # ---- checkpoints -------------------------------------------------------------------
     def save(self, elapsed):
@@ -118,7 +120,8 @@ class Trainer:
                                        f"{self.state.step}")
         meta = self.state.meta(
             elapsed, self.schedule.state, options=self.opts, num_classes=self.num_classes,
-            classes=self.s.classes, towers=self.net.config.towers,
+            classes=self.s.classes, class_names=self.s.class_names,
+            towers=self.net.config.towers,
             ranks=1 if self.world is None else self.world.size,
             first_conv=self.first_conv_name(),
             rng={"kind": "pure function of (seed, epoch, step/index)",
@@ -145,6 +148,7 @@ class Trainer:
             return self._distributed_step(x, labels)
         if o.get("cuda_graph"):
             return self._graph_step(x, labels)
+        before = self.stats.before(self.net) if self.stats.due(st.step + 1) else None
         with self.net.repeated_step(tuple(x.shape)):
             lab = prepare_labels(be, labels)
             loss, logits = self.net.train_step_grads(x, lab, seed=step_seed(o["seed"], st.step),
@@ -156,6 +160,11 @@ class Trainer:
             self._in_update = True  # until the step counters match the parameters again
             self.net.sgd_step(st.lr, momentum=float(o["momentum"]),
                               weight_decay=float(o["weight_decay"]))
+        if before is not None:  # outside the step's fixed buffers
+            rec, warnings = self.stats.after(self.net, before, x, st.step + 1)
+            self.metrics.log(**rec)
+            for line in warnings:
+                self.progress.print(line)
         e1, e5 = count_errors(be.to_numpy(ranks), ks=(1, min(5, self.num_classes)))
         return loss, int(e1), int(e5)
 
@@ -388,9 +397,11 @@ class Trainer:
             if not self.main:
                 return []
             self.metrics.flush()
-            return draw_pictures(self.out, self.metrics.path,
-                                 f"{self.opts['config']} - {self.out.name}", filters,
-                                 towers=self.net.config.towers)
+            drawn = draw_pictures(self.out, self.metrics.path,
+                                  f"{self.opts['config']} - {self.out.name}", filters,
+                                  towers=self.net.config.towers)
+            layers = plot_layers(self.out / "layers.png", self.metrics.path)
+            return drawn + ([layers] if layers else [])
         except Exception as e:  # pictures must never lose a finished run
             self.progress.print(f"warning: could not draw the pictures: {type(e).__name__}: {e}")
             return []

@@ -52,7 +52,7 @@ class MetricsLog:
                 except json.JSONDecodeError:
                     continue
                 if resumed_step is not None and int(rec.get("step", 0)) <= resumed_step \
-                        and rec.get("kind") in ("train", "epoch", "config"):
+                        and rec.get("kind") in ("train", "epoch", "config", "layers"):
                     keep.append(line)
             self.path.write_text("".join(k + "\n" for k in keep))
         self._file = open(self.path, "a", buffering=1)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import checkpoint as ckpt
 from .. import data
+from ..classnames import read_class_names
 from ..backends import get_backend
 from ..net import net_from_options
 from .state import TrainState
@@ -54,6 +56,7 @@ class Session:
     loaders: Loaders
     resumed: bool
     world: object = None  # pyalexnet.distributed.World of a multi-process run
+    class_names: list = None  # display names of ``classes`` (--class-names)
 
 
 def channel_mean(config, train_set, opts):
@@ -96,7 +99,41 @@ def open_session(opts, resume=None, world=None) -> Session:
         state = TrainState.from_meta(resume.meta)
         net.load_optimizer_state(resume.velocities)
     else:
+        if opts.get("init_from"):
+            init_from(net, opts["init_from"])
         state = TrainState(lr=float(opts["lr"]), mean=channel_mean(net.config, train_set, opts))
+    if opts.get("class_names"):
+        names = read_class_names(opts["class_names"], classes=classes)
+    else:  # a resumed run keeps the names its checkpoint stores
+        names = resume.meta.get("class_names") if resume is not None else None
     return Session(opts, net, backend, train_set, val_set, classes, state,
                    Loaders(opts, train_set, val_set, state.mean, world), resume is not None,
-                   world)
+                   world, names)
+
+
+def init_from(net, path):
+    """Start from a checkpoint's weights (fine-tuning). Every parameter must fit, except the
+    classifier's when the data have another number of classes: that one keeps its fresh
+    initialisation. A ValueError names the key and the shapes."""
+    c = ckpt.load(path)
+    own = net.state_dict()
+    config = net.config
+    missing = sorted(set(own) - set(c.params))
+    extra = sorted(set(c.params) - set(own))
+    if missing or extra:
+        raise ValueError(f"--init-from {path}: its weights do not fit config {config.name}: "
+                         f"missing {', '.join(missing[:4]) or 'nothing'}, unexpected "
+                         f"{', '.join(extra[:4]) or 'nothing'}")
+    last = config.layers[-1].name
+    new_classes = int(c.meta.get("num_classes") or config.num_classes) != config.num_classes
+    merged = {}
+    for k, a in own.items():
+        theirs = np.asarray(c.params[k])
+        if theirs.shape == a.shape:
+            merged[k] = theirs
+        elif new_classes and k.startswith(f"{last}."):
+            merged[k] = a  # a new classifier for the new classes
+        else:
+            raise ValueError(f"--init-from {path}: {k} has shape {theirs.shape}, config "
+                             f"{config.name} needs {a.shape}")
+    net.load_state_dict(merged)
