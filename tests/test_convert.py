@@ -1,6 +1,5 @@
 """Weights in and out: torchvision state dicts (.pth with torch, .safetensors without) and
 ONNX export, each checked against our own forward pass."""
-import json
 
 import numpy as np
 import pytest
