@@ -89,7 +89,7 @@ def test_cuda_compile_error_names_the_file(monkeypatch):
         pytest.skip("cuda backend: no CuPy or no GPU on this machine")
     be = CudaBackend()
     broken = kernel_source("relu.cu").replace("y[i] = v < 0.0f", "y[i] = undeclared_name < 0.0f")
-    monkeypatch.setattr(pyalexnet.backends, "kernel_source", lambda file: broken)
+    monkeypatch.setattr(pyalexnet.backends.cuda, "kernel_source", lambda file: broken)
     with pytest.raises(pyalexnet.KernelError) as e:
         be.function("relu.cu", "relu_forward")
     assert "kernels/relu.cu" in str(e.value) and "undeclared_name" in str(e.value)

@@ -19,7 +19,7 @@ from conftest import _wanted
 from emu_builds import selftest_build
 
 from pyalexnet.backends import EmuBackend, cuda_available, get_backend
-from pyalexnet.ops import conv, linear
+from pyalexnet.ops import conv, conv_mma, linear
 from pyalexnet.ops.precision import (
     UNIT_ROUNDOFF, convert_from_bf16, convert_to_bf16, from_bf16, operand, reduction_error_bound,
     round_bf16, round_tf32, to_bf16)
@@ -484,9 +484,9 @@ def test_launcher_constants_match_the_kernels():
     import subprocess
     from pyalexnet.backends import kernel_dir
     text = (kernel_dir() / "mma_tile.cuh").read_text()
-    assert re.search(r"#define MT_BK\(PREC\) (\d+)", text).group(1) == str(conv.MMA_CHUNK) == \
+    assert re.search(r"#define MT_BK\(PREC\) (\d+)", text).group(1) == str(conv_mma.MMA_CHUNK) == \
         str(linear.MMA_CHUNK)
-    for file, tiles in (("conv_mma.cu", {str(t): n for t, n in conv.MMA_TILES.items()}),
+    for file, tiles in (("conv_mma.cu", {str(t): n for t, n in conv_mma.MMA_TILES.items()}),
                         ("gemm_mma.cu", {t: n for t, (_, n) in linear.MMA_TILES.items()})):
         src = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-nostdinc", f"-I{kernel_dir()}",
                               str(kernel_dir() / file)], capture_output=True, text=True,

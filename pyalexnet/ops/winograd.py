@@ -25,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import conv as _conv
+from . import conv_plan
 from . import linear as _linear
 from ._launch import ceil_div, elementwise_grid, i32, i64, require_float32, waves
 
@@ -267,7 +268,7 @@ def _check(what, *arrays):
 def _bgemm(be, ops, plan, a, b, c, rows, cols, red, batch):
     bm, bn, _ = _linear.TILES[plan.tile]
     grid = (ceil_div(cols, bn), ceil_div(rows, bm), batch)
-    if grid[1] > _conv.MAX_GRID_YZ or grid[2] > _conv.MAX_GRID_YZ:
+    if grid[1] > conv_plan.MAX_GRID_YZ or grid[2] > conv_plan.MAX_GRID_YZ:
         raise ValueError(f"winograd: batched product grid {grid} exceeds CUDA's y/z limit")
     be.launch(KERNELS, f"wino_bgemm_{ops}_{plan.tile}", grid, THREADS,
               [a, b, c, i32(rows), i32(cols), i32(red), i64(rows * red), i64(cols * red),
