@@ -106,16 +106,8 @@ __device__ __forceinline__ void conv_mma_bwd_filter(
   mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST | MT_K_TABLE,
               MT_KFAST | MT_ROW_TABLE | MT_K_TABLE | MT_CHECK_WIN>(A, B, m0, n0, kbeg, kend,
                                                                   acc);
-  float* out = ws + (long long)split * K * CgRS + (long long)g * Kg * CgRS;
-#pragma unroll
-  for (int mf = 0; mf < WM / 16; ++mf)
-#pragma unroll
-    for (int nf = 0; nf < WN / 8; ++nf)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = m0 + mt_acc_row<BN, WM, WN>(mf, i), n = n0 + mt_acc_col<BN, WM, WN>(nf, i);
-        if (m < Kg && n < CgRS) out[m * CgRS + n] = acc[mf][nf][i];
-      }
+  mt_store_rows<BM, BN, WM, WN>(acc, ws + (long long)split * K * CgRS + (long long)g * Kg * CgRS,
+                                CgRS, m0, n0, Kg, CgRS);
 }
 
 #define CM_ENTRY(PNAME, PREC, TILE, BM, BN, WM, WN)                                             \

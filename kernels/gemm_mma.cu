@@ -27,16 +27,7 @@ __device__ __forceinline__ void gemm_mma(const typename mt_types<PREC>::src* __r
   float acc[WM / 16][WN / 8][4];
   mt_mainloop<PREC, BM, BN, WM, WN, TA ? MT_RFAST : MT_KFAST, TB ? MT_KFAST : MT_RFAST>(
       A, B, m0, n0, kbeg, kend, acc);
-  float* out = c + (long long)blockIdx.z * M * N;
-#pragma unroll
-  for (int mf = 0; mf < WM / 16; ++mf)
-#pragma unroll
-    for (int nf = 0; nf < WN / 8; ++nf)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = m0 + mt_acc_row<BN, WM, WN>(mf, i), n = n0 + mt_acc_col<BN, WM, WN>(nf, i);
-        if (m < M && n < N) out[(long long)m * N + n] = acc[mf][nf][i];
-      }
+  mt_store_rows<BM, BN, WM, WN>(acc, c + (long long)blockIdx.z * M * N, N, m0, n0, M, N);
 }
 
 #define GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, TILE, BM, BN, WM, WN)                       \

@@ -197,6 +197,23 @@ __device__ __forceinline__ int mt_acc_col(int nf, int i) {
   return (warp % (BN / WN)) * WN + nf * 8 + 2 * (lane & 3) + (i & 1);
 }
 
+// Store a block's accumulators into a row-major rows x cols matrix (leading dimension ld)
+// whose (0, 0) is the tile's (m0, n0) corner shifted to out, skipping what lies outside.
+template <int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void mt_store_rows(const float (&acc)[WM / 16][WN / 8][4],
+                                              float* __restrict__ out, long long ld, int m0,
+                                              int n0, int rows, int cols) {
+#pragma unroll
+  for (int mf = 0; mf < WM / 16; ++mf)
+#pragma unroll
+    for (int nf = 0; nf < WN / 8; ++nf)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = m0 + mt_acc_row<BN, WM, WN>(mf, i), n = n0 + mt_acc_col<BN, WM, WN>(nf, i);
+        if (m < rows && n < cols) out[(long long)m * ld + n] = acc[mf][nf][i];
+      }
+}
+
 template <int PREC, int BM, int BN, int WM, int WN, int SPEC_A, int SPEC_B>
 __device__ __forceinline__ void mt_mainloop(const mt_operand<PREC>& A, const mt_operand<PREC>& B,
                                             int m0, int n0, int kbeg, int kend,

@@ -84,17 +84,20 @@ def reduction_error_bound(abs_products, k, precision, rounded_inputs=False):
 KERNELS = "convert.cu"
 
 
+def _convert(be, kernel, x, dtype):
+    y = be.empty(x.shape, dtype=dtype)
+    n = int(x.size)
+    if n:
+        be.launch(KERNELS, kernel, elementwise_grid(n), ELEMENTWISE_BLOCK, [x, y, i64(n)])
+    return y
+
+
 def convert_to_bf16(be, x):
     """bf16 copy (uint16 bit patterns, round to nearest even) of a float32 array."""
     if not be.runs_kernels:
         return to_bf16(x)
     require_float32("convert_to_bf16: x", x)
-    y = be.empty(x.shape, dtype=BF16)
-    n = int(x.size)
-    if n:
-        be.launch(KERNELS, "convert_f32_to_bf16", elementwise_grid(n), ELEMENTWISE_BLOCK,
-                  [x, y, i64(n)])
-    return y
+    return _convert(be, "convert_f32_to_bf16", x, BF16)
 
 
 def convert_from_bf16(be, h):
@@ -103,12 +106,7 @@ def convert_from_bf16(be, h):
         return from_bf16(h)
     if h.dtype != BF16:
         raise TypeError(f"convert_from_bf16: expected a bf16 (uint16) array, got {h.dtype}")
-    y = be.empty(h.shape)
-    n = int(h.size)
-    if n:
-        be.launch(KERNELS, "convert_bf16_to_f32", elementwise_grid(n), ELEMENTWISE_BLOCK,
-                  [h, y, i64(n)])
-    return y
+    return _convert(be, "convert_bf16_to_f32", h, np.float32)
 
 
 def convert_round_tf32(be, x):
@@ -116,12 +114,7 @@ def convert_round_tf32(be, x):
     if not be.runs_kernels:
         return round_tf32(x)
     require_float32("convert_round_tf32: x", x)
-    y = be.empty(x.shape)
-    n = int(x.size)
-    if n:
-        be.launch(KERNELS, "convert_round_tf32", elementwise_grid(n), ELEMENTWISE_BLOCK,
-                  [x, y, i64(n)])
-    return y
+    return _convert(be, "convert_round_tf32", x, np.float32)
 
 
 def fp32_operand(be, x, precision, what):
