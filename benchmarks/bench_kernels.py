@@ -238,6 +238,12 @@ class Builder:
             for v in conv.FILTER_VERSIONS
         ] + self.winograd(name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter)
 
+    def mma_inputs(self, pr, x, w, dy):
+        """x, w, dy in the format's storage, and a maker of PyTorch baselines in it."""
+        TP = self.torch_views(pr)
+        timed = (lambda f: (lambda: f(TP))) if self.torch is not None else (lambda f: None)
+        return (*(self.as_precision(a, pr) for a in (x, w, dy)), timed)
+
     def conv_mma(self, name, shape, flops, arrays, geometry, y_shape, torch_fns, pr):
         """The tensor-core rows of one conv layer: validated within the format's error
         bound, timed against PyTorch at the same precision."""
@@ -246,9 +252,7 @@ class Builder:
         c, k, r, s, p, g = geometry
         fwd, bwd_data, bwd_filter = torch_fns
         tag = f" [{pr}]"
-        xo, wo, dyo = (self.as_precision(a, pr) for a in (x, w, dy))
-        TP = self.torch_views(pr)
-        timed = (lambda f: (lambda: f(TP))) if self.torch is not None else (lambda f: None)
+        xo, wo, dyo, timed = self.mma_inputs(pr, x, w, dy)
         extra = dict(precision=pr)
         red = {"forward": (c // g) * r * r, "data": (k // g) * r * r,
                "filter": y_shape[0] * y_shape[2] * y_shape[3]}
@@ -353,9 +357,7 @@ class Builder:
         x, w, dy, X, W, DY = arrays
         fwd, bwd_data, bwd_weight = torch_fns
         tag = f" [{pr}]"
-        xo, wo, dyo = (self.as_precision(a, pr) for a in (x, w, dy))
-        TP = self.torch_views(pr)
-        timed = (lambda f: (lambda: f(TP))) if self.torch is not None else (lambda f: None)
+        xo, wo, dyo, timed = self.mma_inputs(pr, x, w, dy)
         AX, AW, ADY = np.abs(X), np.abs(W), np.abs(DY)
         ex = [dict(precision=pr, abs_expected=self.abs_exact(f, nf), reduction=red)
               for f, nf, red in ((fwd, lambda: AX @ AW.T, n_in), (bwd_data, lambda: ADY @ AW, n_out),

@@ -24,6 +24,33 @@
   int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride, int pad, \
       int groups
 
+// Store a block's accumulators into NCHW maps: row m is a channel (plane elements apart),
+// column n an output pixel whose offset ntab gives; optional bias per row and ReLU.
+template <int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void cm_store_maps(const float (&acc)[WM / 16][WN / 8][4],
+                                              float* __restrict__ out0,
+                                              const int* __restrict__ ntab, int m0, int n0,
+                                              int rows, int ncol, int plane,
+                                              const float* __restrict__ bias, int relu) {
+#pragma unroll
+  for (int nf = 0; nf < WN / 8; ++nf)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int n = n0 + mt_acc_col<BN, WM, WN>(nf, j);
+      if (n >= ncol) continue;
+      float* out = out0 + mt_entry(ntab, n).w;
+#pragma unroll
+      for (int mf = 0; mf < WM / 16; ++mf)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int i = 2 * h + j, m = m0 + mt_acc_row<BN, WM, WN>(mf, i);
+          if (m >= rows) continue;
+          const float v = bias ? acc[mf][nf][i] + bias[m] : acc[mf][nf][i];
+          out[m * plane] = relu ? fmaxf(v, 0.0f) : v;
+        }
+    }
+}
+
 template <int PREC, int BM, int BN, int WM, int WN>
 __device__ __forceinline__ void conv_mma_fwd(const typename mt_types<PREC>::src* __restrict__ x,
                                              const typename mt_types<PREC>::src* __restrict__ w,
@@ -39,23 +66,8 @@ __device__ __forceinline__ void conv_mma_fwd(const typename mt_types<PREC>::src*
   float acc[WM / 16][WN / 8][4];
   mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST,
               MT_RFAST | MT_ROW_TABLE | MT_K_TABLE | MT_CHECK_WIN>(A, B, m0, n0, 0, CgRS, acc);
-#pragma unroll
-  for (int nf = 0; nf < WN / 8; ++nf)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int n = n0 + mt_acc_col<BN, WM, WN>(nf, j);
-      if (n >= ncol) continue;
-      float* out = y + mt_entry(ntab, n).w + g * Kg * PQ;
-#pragma unroll
-      for (int mf = 0; mf < WM / 16; ++mf)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int i = 2 * h + j, m = m0 + mt_acc_row<BN, WM, WN>(mf, i);
-          if (m >= Kg) continue;
-          float v = acc[mf][nf][i] + (has_bias ? bias[g * Kg + m] : 0.0f);
-          out[m * PQ] = relu ? fmaxf(v, 0.0f) : v;
-        }
-    }
+  cm_store_maps<BM, BN, WM, WN>(acc, y + g * Kg * PQ, ntab, m0, n0, Kg, ncol, PQ,
+                                has_bias ? bias + g * Kg : nullptr, relu);
 }
 
 template <int PREC, int BM, int BN, int WM, int WN>
@@ -73,21 +85,7 @@ __device__ __forceinline__ void conv_mma_bwd_data(
   mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST | MT_K_TABLE,
               MT_RFAST | MT_ROW_TABLE | MT_K_TABLE | MT_CHECK_STRIDED>(A, B, m0, n0, 0, Kg * RS,
                                                                        acc);
-#pragma unroll
-  for (int nf = 0; nf < WN / 8; ++nf)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int n = n0 + mt_acc_col<BN, WM, WN>(nf, j);
-      if (n >= ncol) continue;
-      float* out = dx + mt_entry(ntab, n).w + g * Cg * HW;
-#pragma unroll
-      for (int mf = 0; mf < WM / 16; ++mf)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int i = 2 * h + j, m = m0 + mt_acc_row<BN, WM, WN>(mf, i);
-          if (m < Cg) out[m * HW] = acc[mf][nf][i];
-        }
-    }
+  cm_store_maps<BM, BN, WM, WN>(acc, dx + g * Cg * HW, ntab, m0, n0, Cg, ncol, HW, nullptr, 0);
 }
 
 template <int PREC, int BM, int BN, int WM, int WN>
