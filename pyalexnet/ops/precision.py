@@ -51,6 +51,26 @@ def round_bf16(x):
     return from_bf16(to_bf16(x))
 
 
+def storage_suffix(what, a):
+    """The kernel-name suffix of an activation's storage (kernels/storage.cuh): "" for
+    float32, "_bf16" for bf16 bits (uint16)."""
+    if a.dtype == np.float32:
+        return ""
+    if a.dtype == BF16:
+        return "_bf16"
+    raise TypeError(f"{what} must be float32 or bf16 (uint16) for the kernels, got {a.dtype}")
+
+
+def widened(x):
+    """x in float32 if it holds bf16 bits, else x itself (any dtype: float64 checks)."""
+    return from_bf16(x) if np.asarray(x).dtype == BF16 else x
+
+
+def stored_like(y, x):
+    """A reference's result y stored as the input x is: bf16 bits if x holds them."""
+    return to_bf16(y) if np.asarray(x).dtype == BF16 else y
+
+
 def operand(x, precision):
     """x as the tensor cores see it, as float32: rounded to the format (bf16 bit arrays are
     widened). fp32 returns x unchanged (any dtype: the float64 gradient checks)."""

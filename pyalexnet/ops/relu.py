@@ -1,17 +1,22 @@
-"""ReLU: y = max(x, 0); the backward pass takes the output y (ReLU may run in place)."""
+"""ReLU: y = max(x, 0); the backward pass takes the output y (ReLU may run in place).
+
+x and y may be float32 or bf16 bits (uint16; ops/precision.py): y has x's storage, the
+gradients are float32.
+"""
 import numpy as np
 
 from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i64
+from .precision import storage_suffix, stored_like, widened
 
 KERNELS = "relu.cu"
 
 
 def relu_forward_reference(x):
-    return np.maximum(x, 0)
+    return stored_like(np.maximum(widened(x), 0), x)
 
 
 def relu_backward_reference(y, dy):
-    return np.where(y > 0, dy, 0).astype(dy.dtype)
+    return np.where(widened(y) > 0, dy, 0).astype(dy.dtype)
 
 
 def relu_forward(be, x, out=None):
@@ -22,8 +27,11 @@ def relu_forward(be, x, out=None):
             out[...] = y
             return out
         return y
-    y = be.empty(x.shape) if out is None else out
-    be.launch(KERNELS, "relu_forward", elementwise_grid(x.size), ELEMENTWISE_BLOCK,
+    suffix = storage_suffix("relu: x", x)
+    y = be.empty(x.shape, dtype=x.dtype) if out is None else out
+    if y.dtype != x.dtype:
+        raise TypeError(f"relu: out must have x's dtype {x.dtype}, got {y.dtype}")
+    be.launch(KERNELS, "relu_forward" + suffix, elementwise_grid(x.size), ELEMENTWISE_BLOCK,
               [x, y, i64(x.size)])
     return y
 
@@ -33,6 +41,6 @@ def relu_backward(be, y, dy):
     if not be.runs_kernels:
         return relu_backward_reference(y, dy)
     dx = be.empty(dy.shape)
-    be.launch(KERNELS, "relu_backward", elementwise_grid(dy.size), ELEMENTWISE_BLOCK,
-              [y, dy, dx, i64(dy.size)])
+    be.launch(KERNELS, "relu_backward" + storage_suffix("relu backward: y", y),
+              elementwise_grid(dy.size), ELEMENTWISE_BLOCK, [y, dy, dx, i64(dy.size)])
     return dx
