@@ -78,7 +78,9 @@ def test_kernel_source_compiles_and_reports_real_file(tmp_path):
     subprocess.run([nvcc, "--cubin", "-arch=sm_90", "-o", os.devnull, str(good)], check=True,
                    capture_output=True)
     bad = tmp_path / "bad.cu"
-    bad.write_text(kernel_source("relu.cu").replace("y[i] = v < 0.0f", "y[i] = v <<< 0.0f"))
+    source = kernel_source("relu.cu")
+    assert "v < 0.0f ?" in source  # the line the syntax error goes into
+    bad.write_text(source.replace("v < 0.0f ?", "v <<< 0.0f ?"))
     p = subprocess.run([nvcc, "--cubin", "-arch=sm_90", "-o", os.devnull, str(bad)],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "relu.cu(" in p.stdout + p.stderr
@@ -88,7 +90,9 @@ def test_cuda_compile_error_names_the_file(monkeypatch):
     if not pyalexnet.backends.cuda_available():
         pytest.skip("cuda backend: no CuPy or no GPU on this machine")
     be = CudaBackend()
-    broken = kernel_source("relu.cu").replace("y[i] = v < 0.0f", "y[i] = undeclared_name < 0.0f")
+    source = kernel_source("relu.cu")
+    assert "v < 0.0f ?" in source
+    broken = source.replace("v < 0.0f ?", "undeclared_name < 0.0f ?")
     monkeypatch.setattr(pyalexnet.backends.cuda, "kernel_source", lambda file: broken)
     with pytest.raises(pyalexnet.KernelError) as e:
         be.function("relu.cu", "relu_forward")
