@@ -36,7 +36,14 @@ class BuildPyWithKernels(build_py):
 
 
 class BuildExtWithProfiler(build_ext):
-    """The extensions setuptools knows, then the profiling build (clang) where it can."""
+    """The extensions setuptools knows, with its compiler's flags, then the profiling build
+    (clang) where it can."""
+
+    def build_extensions(self):
+        cxx = (getattr(self.compiler, "compiler_so_cxx", None) or self.compiler.compiler_so)[0]
+        for ext in self.extensions:
+            ext.extra_compile_args += emu_build.compiler_flags(cxx)
+        super().build_extensions()
 
     def run(self):
         super().run()
@@ -62,7 +69,6 @@ emu = Pybind11Extension(
     depends=[p.relative_to(ROOT).as_posix() for p in sorted(KERNELS.rglob("*"))
              if p.suffix in (".cu", ".cuh", ".h")],
     cxx_std=17,
-    extra_compile_args=emu_build.BASE_FLAGS,
     extra_link_args=["-pthread"],
 )
 

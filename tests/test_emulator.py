@@ -156,6 +156,18 @@ def test_dynamic_shared_memory_and_block_sum(order):
     np.testing.assert_array_equal(sums, xp.sum(axis=1))
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_dynamic_shared_memory_declared_in_a_template(order):
+    n, block = 300, 64
+    x = np.arange(n, dtype=np.int32)
+    y = np.full(n, -1, np.int32)
+    blocks = (n + block - 1) // block
+    emu(order).launch(SELFTEST, "selftest_dynamic_shared_in_template", blocks, block,
+                      [x, y, np.int32(n)], shared_mem=block * 4)
+    xp = np.concatenate([x, np.zeros(blocks * block - n, np.int32)]).reshape(blocks, block)
+    np.testing.assert_array_equal(y, xp[:, ::-1].reshape(-1)[:n])
+
+
 def test_geometry_of_3d_grids_and_blocks():
     grid, block = (3, 2, 2), (4, 3, 2)
     nthreads = np.prod(grid) * np.prod(block)

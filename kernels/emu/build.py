@@ -33,6 +33,11 @@ DYN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([
 
 # What every build compiles with (setup.py's product build too).
 BASE_FLAGS = ["-O2", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"]
+# g++ only: an `extern __shared__` array (an extern thread_local here) first declared inside
+# a function template gets an unchecked call of its TLS init function, which does not
+# exist: a jump to address 0. No shared array has a dynamic initialiser, so say so. clang
+# checks for the function and does not know the flag.
+GCC_FLAGS = ["-fno-extern-tls-init"]
 # The profiling build's kernel unit: a callback on every load and store (basic-block
 # coverage must be on for clang to emit them), and no auto-vectorisation, so accesses keep
 # the widths the source has (the GPU does not vectorise scalar loads either).
@@ -113,6 +118,12 @@ def find_compiler(variant):
     return shutil.which(VARIANTS[variant]["cxx"])
 
 
+def compiler_flags(cxx):
+    """BASE_FLAGS plus what this compiler (a path or name; clang or g++) needs."""
+    p = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+    return BASE_FLAGS + ([] if "clang" in p.stdout else GCC_FLAGS)
+
+
 def sanitizer_runtime():
     """What the Python interpreter must LD_PRELOAD for the asan build: the ASan runtime,
     and libstdc++ (ASan finds __cxa_throw only in a library loaded before it starts)."""
@@ -143,9 +154,10 @@ def build(module, kernel_files, out, variant, jobs=None, log=print, work=None):
     out = Path(out)
     work = Path(work or ROOT / "build" / "emu-objects" / f"{module}-{variant}")
     unit = generate_unit(kernel_files, work / "kernels.cpp")
-    flags = ["-std=c++17", "-fPIC", "-fvisibility=hidden", *BASE_FLAGS, *spec["flags"],
+    base = compiler_flags(cxx)
+    flags = ["-std=c++17", "-fPIC", "-fvisibility=hidden", *base, *spec["flags"],
              f"-DCUEMU_MODULE={module}", *_includes()]
-    record = " ".join([Path(cxx).name, *BASE_FLAGS, *spec["flags"], *spec.get("unit_flags", [])])
+    record = " ".join([Path(cxx).name, *base, *spec["flags"], *spec.get("unit_flags", [])])
     sources = [(unit, spec.get("unit_flags", [])), (EMU / "runtime.cpp", []),
                (EMU / "module.cpp", [f'-DCUEMU_BUILD_FLAGS="{record}"'])]
     if "-DCUEMU_PROFILE" in spec["flags"]:

@@ -95,6 +95,23 @@ extern "C" __global__ void selftest_atomics(int* counter, float* fsum, int* per_
   if (threadIdx.x == 0) per_block[blockIdx.x] = (int)(blockIdx.x * 7 + 3);
 }
 
+// A reversal through dynamic shared memory declared inside a function template, as the
+// storage-typed kernels declare it. When such a declaration is the unit's first of the
+// name (hence a name of its own here), g++ calls a TLS init function that does not exist,
+// a null call, unless built with -fno-extern-tls-init (kernels/emu/build.py).
+template <class T>
+__device__ __forceinline__ void selftest_reverse_in_shared(const T* x, T* y, int n) {
+  extern __shared__ __align__(16) float selftest_template_smem[];
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  selftest_template_smem[threadIdx.x] = i < n ? (float)x[i] : 0.0f;
+  __syncthreads();
+  if (i < n) y[i] = (T)selftest_template_smem[blockDim.x - 1 - threadIdx.x];
+}
+
+extern "C" __global__ void selftest_dynamic_shared_in_template(const int* x, int* y, int n) {
+  selftest_reverse_in_shared(x, y, n);
+}
+
 // Reverses each block's slice through dynamic shared memory, then sums it with a
 // block reduction: exercises extern __shared__ and pa_block_sum.
 extern "C" __global__ void selftest_dynamic_shared(const float* x, float* y, float* sums, int n) {
