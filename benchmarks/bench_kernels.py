@@ -17,6 +17,9 @@ and FC pass: our tensor-core kernels against PyTorch with TF32 allowed (cuDNN/cu
 or on bfloat16 tensors, both converted before timing on both sides. These rows are
 validated against the exact (float64) result within the format's error bound
 (ops/precision.py, reduction_error_bound) and report their share of the tensor-core peak.
+With bf16, the memory-bound layers between the convolutions (LRN, max-pool, ReLU) get
+"[bf16]" rows too: their activations stored as bf16, as in bf16 training, against PyTorch
+on bfloat16 tensors.
 
 With --emulated, every case runs at its real shape (batch 128) on the emulator's profiling
 build, on a sample of each grid's blocks; benchmarks/emu_model.py turns the counters into
@@ -43,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from pyalexnet.backends import get_backend  # noqa: E402
 from pyalexnet.ops import conv, dropout, linear, lrn, pool, relu, sgd, softmax  # noqa: E402
-from pyalexnet.ops.precision import PRECISIONS, reduction_error_bound, to_bf16  # noqa: E402
+from pyalexnet.ops.precision import (PRECISIONS, reduction_error_bound, to_bf16,  # noqa: E402
+                                     widened)
 
 # Vendor datasheet peaks (dense FP32 without tensor cores, HBM bandwidth): leads, not readings.
 PEAKS = {"H200": (67e12, 4.8e12), "H100": (67e12, 3.35e12), "A100": (19.5e12, 2.0e12)}
@@ -374,76 +378,101 @@ class Builder:
                  expected=self.exact(bwd_weight, lambda: DY.T @ X), baseline=timed(bwd_weight)),
         ]
 
-    def autograd_pair(self, fn, x, dy):
-        """PyTorch forward, and backward alone (the graph is built once and kept)."""
+    def autograd_pair(self, fn, x, dy, T=None):
+        """PyTorch forward, and backward alone (the graph is built once and kept); T makes
+        the tensors (torch_views: bfloat16 copies for bf16)."""
         if self.torch is None:
             return None, None
-        xt = self.t(x).detach().requires_grad_(True)
+        T = T or self.t
+        xt = T(x).detach().requires_grad_(True)
         yt = fn(xt)
-        dyt = self.t(dy)
-        return (lambda: fn(self.t(x))), (lambda: self.torch.autograd.grad(yt, xt, dyt, retain_graph=True)[0])
+        dyt = T(dy)
+        return (lambda: fn(T(x))), (lambda: self.torch.autograd.grad(yt, xt, dyt, retain_graph=True)[0])
 
-    def lrn(self, name, c, h):
+    def storage(self, x, precision):
+        """A memory-bound row's input as stored in `precision` (bf16 bits for bf16), its
+        float64 values, the " [bf16]" name tag, the bytes per element, and the Case fields
+        that validate a bf16 row: within the format's bound of the float64 reference on
+        the same (rounded) inputs, over `reduction` terms."""
+        xo = self.as_precision(x, precision)
+        X = widened(self.be.to_numpy(xo)).astype(np.float64)
+        if precision != "bf16":
+            return xo, X, "", 4.0, lambda reduction, expected: {}
+        return xo, X, " [bf16]", 2.0, lambda reduction, expected: dict(
+            precision="bf16", reduction=reduction, abs_expected=lambda: np.abs(expected()[0]))
+
+    def lrn(self, name, c, h, precision="fp32"):
         # PyTorch's LRN divides alpha by n: compare like with like.
         be, args = self.be, dict(size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=True)
         c = self.ch(c)
         x, dy = self.arr(self.batch, c, h, h, std=30.0), self.arr(self.batch, c, h, h)
+        x, X, tag, sb, check = self.storage(x, precision)
         y, scale = lrn.lrn_forward(be, x, **args)
-        X, DY = self.host64(x), self.host64(dy)
+        DY = self.host64(dy)
         fwd, bwd = self.autograd_pair(
-            lambda a: self.torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0), x, dy)
+            lambda a: self.torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0), x, dy,
+            self.torch_views(precision))
 
-        def ref_backward():
-            yy, ss = lrn.lrn_forward_reference(X, **args)
-            return lrn.lrn_backward_reference(X, yy, ss, DY, **args)
+        def ref_backward():  # on the y the kernel reads (stored: bf16-rounded in bf16)
+            ss = lrn.lrn_forward_reference(X, **args)[1]
+            return lrn.lrn_backward_reference(X, widened(be.to_numpy(y)).astype(np.float64), ss, DY, **args)
 
-        shape = f"x{tuple(x.shape)} n5"
+        shape, n = f"x{tuple(x.shape)} n5", float(x.size)
+        forward = self.reference(lambda: lrn.lrn_forward_reference(X, **args)[0])
+        backward = self.reference(ref_backward)
         return [
-            Case(f"{name} forward", shape, bytes=2.0 * x.nbytes, baseline=fwd,
-                 ours=lambda: lrn.lrn_forward(be, x, **args)[0],
-                 expected=self.reference(lambda: lrn.lrn_forward_reference(X, **args)[0])),
-            Case(f"{name} backward", shape, bytes=4.0 * x.nbytes, baseline=bwd,
-                 ours=lambda: lrn.lrn_backward(be, x, y, scale, dy, **args),
-                 expected=self.reference(ref_backward)),
+            # bytes: x, y (stored) and scale (fp32); backward x, y, scale, dy and dx
+            Case(f"{name} forward{tag}", shape, bytes=(2 * sb + 4) * n, baseline=fwd,
+                 ours=lambda: lrn.lrn_forward(be, x, **args)[0], expected=forward,
+                 **check(5, forward)),
+            Case(f"{name} backward{tag}", shape, bytes=(2 * sb + 12) * n, baseline=bwd,
+                 ours=lambda: lrn.lrn_backward(be, x, y, scale, dy, **args), expected=backward,
+                 **check(5, backward)),
         ]
 
-    def pool(self, name, c, h):
+    def pool(self, name, c, h, precision="fp32"):
         be = self.be
-        x = self.arr(self.batch, self.ch(c), h, h)
+        x, X, tag, sb, check = self.storage(self.arr(self.batch, self.ch(c), h, h), precision)
         y = pool.maxpool_forward(be, x, 3, 2)
         dy = self.arr(*y.shape)
-        X, DY = self.host64(x), self.host64(dy)
-        fwd, bwd = self.autograd_pair(lambda a: self.torch.nn.functional.max_pool2d(a, 3, 2), x, dy)
+        DY = self.host64(dy)
+        fwd, bwd = self.autograd_pair(lambda a: self.torch.nn.functional.max_pool2d(a, 3, 2), x, dy,
+                                      self.torch_views(precision))
         shape = f"x{tuple(x.shape)} 3x3 s2"
+        forward = self.reference(lambda: pool.maxpool_forward_reference(X, 3, 2))
+        backward = self.reference(lambda: pool.maxpool_backward_reference(
+            X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2))
         return [
-            Case(f"{name} forward", shape, bytes=float(x.nbytes + y.nbytes), baseline=fwd,
-                 ours=lambda: pool.maxpool_forward(be, x, 3, 2),
-                 expected=self.reference(lambda: pool.maxpool_forward_reference(X, 3, 2))),
+            Case(f"{name} forward{tag}", shape, bytes=sb * (x.size + y.size), baseline=fwd,
+                 ours=lambda: pool.maxpool_forward(be, x, 3, 2), expected=forward,
+                 **check(1, forward)),
         ] + [
-            # bytes: what v1 reads and writes (v2 does not read y); the same for both rows
-            Case(f"{name} backward v{v}", shape, bytes=float(2 * x.nbytes + 2 * y.nbytes),
-                 baseline=bwd, replaces=f"{name} backward v{v - 1}" if v > 1 else "",
+            # bytes: what v1 reads and writes (x, y stored; dy, dx fp32; v2 does not read y),
+            # the same for both rows
+            Case(f"{name} backward v{v}{tag}", shape, bytes=float((sb + 4) * (x.size + y.size)),
+                 baseline=bwd, replaces=f"{name} backward v{v - 1}{tag}" if v > 1 else "",
                  ours=lambda v=v: pool.maxpool_backward(be, x, y, dy, 3, 2, version=v),
-                 expected=self.reference(lambda: pool.maxpool_backward_reference(
-                     X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2)))
+                 expected=backward, **check(1, backward))
             for v in pool.BACKWARD_VERSIONS
         ]
 
-    def relu(self):
+    def relu(self, precision="fp32"):
         be = self.be
-        x = self.arr(self.batch, self.ch(96), 55, 55)
+        x, X, tag, sb, check = self.storage(self.arr(self.batch, self.ch(96), 55, 55), precision)
         dy = self.arr(*x.shape)
         y = relu.relu_forward(be, x)
-        X, DY = self.host64(x), self.host64(dy)
-        fwd, bwd = self.autograd_pair(lambda a: self.torch.relu(a), x, dy)
-        shape = f"x{tuple(x.shape)}"
+        DY = self.host64(dy)
+        fwd, bwd = self.autograd_pair(lambda a: self.torch.relu(a), x, dy,
+                                      self.torch_views(precision))
+        shape, n = f"x{tuple(x.shape)}", float(x.size)
+        forward = self.reference(lambda: relu.relu_forward_reference(X))
+        backward = self.reference(lambda: relu.relu_backward_reference(X, DY))
         return [
-            Case("relu1 forward", shape, bytes=2.0 * x.nbytes, baseline=fwd,
-                 ours=lambda: relu.relu_forward(be, x),
-                 expected=self.reference(lambda: relu.relu_forward_reference(X))),
-            Case("relu1 backward", shape, bytes=3.0 * x.nbytes, baseline=bwd,
-                 ours=lambda: relu.relu_backward(be, y, dy),
-                 expected=self.reference(lambda: relu.relu_backward_reference(X, DY))),
+            Case(f"relu1 forward{tag}", shape, bytes=2 * sb * n, baseline=fwd,
+                 ours=lambda: relu.relu_forward(be, x), expected=forward, **check(1, forward)),
+            Case(f"relu1 backward{tag}", shape, bytes=(sb + 8) * n, baseline=bwd,
+                 ours=lambda: relu.relu_backward(be, y, dy), expected=backward,
+                 **check(1, backward)),
         ]
 
     def dropout(self):
@@ -506,11 +535,14 @@ class Builder:
                 cases += self.conv(*spec, precision=pr)
             for spec in FCS:
                 cases += self.fc(*spec, precision=pr)
-        for spec in LRNS:
-            cases += self.lrn(*spec)
-        for spec in POOLS:
-            cases += self.pool(*spec)
-        return cases + self.relu() + self.dropout() + self.softmax() + self.sgd()
+        # the memory-bound layers between convolutions: fp32, and bf16 storage in bf16 runs
+        for pr in [p for p in ("fp32", "bf16") if p == "fp32" or p in precisions]:
+            for spec in LRNS:
+                cases += self.lrn(*spec, precision=pr)
+            for spec in POOLS:
+                cases += self.pool(*spec, precision=pr)
+            cases += self.relu(precision=pr)
+        return cases + self.dropout() + self.softmax() + self.sgd()
 
 
 def run(args):
@@ -540,6 +572,7 @@ def run(args):
         # validate before timing ...
         first = be.to_numpy(c.ours())
         expected, against = c.expected()
+        first = widened(first)  # bf16 rows' outputs are compared as values
         err = rel_err(first, expected)
         if c.precision == "fp32":
             ok = err <= c.tol
@@ -549,7 +582,7 @@ def run(args):
             against += f", within the {c.precision} error bound"
         ours_ms = timer(c.ours, args.warmup, args.repeats)
         # ... and after: the kernel still gives the same bits
-        if c.repeatable and not np.array_equal(be.to_numpy(c.ours()), first):
+        if c.repeatable and not np.array_equal(widened(be.to_numpy(c.ours())), first):
             ok = False
             print(f"  {c.name}: output changed between before and after timing")
         with torch_precision(torch, c.precision):
@@ -558,7 +591,7 @@ def run(args):
         gflops = c.flops / secs / 1e9 if c.flops else None
         gbps = c.bytes / secs / 1e9 if c.bytes else None
         frac = None
-        if c.precision != "fp32":
+        if c.precision != "fp32" and c.flops:
             frac = c.flops / secs / tc_peak[c.precision] if tc_peak else None
         elif peak:
             frac = (c.flops / secs / peak[0]) if c.flops else (c.bytes / secs / peak[1])

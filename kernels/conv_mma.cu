@@ -1,6 +1,8 @@
 // Tensor-core convolution over NCHW tensors (any stride, padding, groups) as implicit GEMM
 // on kernels/mma_tile.cuh: TF32 (fp32 tensors rounded on load) or BF16 (bf16 bit tensors),
-// fp32 accumulation and fp32 outputs. The three products, per group g = blockIdx.z:
+// fp32 accumulation and fp32 outputs; the bf16 forward may also store its maps as bf16
+// (conv_mma_fwd_bf16_to_bf16_*: the activations of bf16 training, kernels/storage.cuh).
+// The three products, per group g = blockIdx.z:
 //
 //   pass            rows m          columns n           reduction kk
 //   forward         filter (K/g)    output pixel n,p,q  (c,r,s)  C/g*R*S
@@ -19,16 +21,18 @@
 // groups + g) written to a workspace and summed in order by conv_bwd_filter_reduce
 // (kernels/conv.cu): deterministic, no atomics.
 #include "mma_tile.cuh"
+#include "storage.cuh"
 
 #define CM_DIM_PARAMS                                                                    \
   int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride, int pad, \
       int groups
 
 // Store a block's accumulators into NCHW maps: row m is a channel (plane elements apart),
-// column n an output pixel whose offset ntab gives; optional bias per row and ReLU.
-template <int BM, int BN, int WM, int WN>
+// column n an output pixel whose offset ntab gives; optional bias per row and ReLU; the
+// maps are stored as T (fp32, or bf16 rounded to nearest even).
+template <int BM, int BN, int WM, int WN, class T>
 __device__ __forceinline__ void cm_store_maps(const float (&acc)[WM / 16][WN / 8][4],
-                                              float* __restrict__ out0,
+                                              T* __restrict__ out0,
                                               const int* __restrict__ ntab, int m0, int n0,
                                               int rows, int ncol, int plane,
                                               const float* __restrict__ bias, int relu) {
@@ -38,7 +42,7 @@ __device__ __forceinline__ void cm_store_maps(const float (&acc)[WM / 16][WN / 8
     for (int j = 0; j < 2; ++j) {
       const int n = n0 + mt_acc_col<BN, WM, WN>(nf, j);
       if (n >= ncol) continue;
-      float* out = out0 + mt_entry(ntab, n).w;
+      T* out = out0 + mt_entry(ntab, n).w;
 #pragma unroll
       for (int mf = 0; mf < WM / 16; ++mf)
 #pragma unroll
@@ -46,15 +50,15 @@ __device__ __forceinline__ void cm_store_maps(const float (&acc)[WM / 16][WN / 8
           const int i = 2 * h + j, m = m0 + mt_acc_row<BN, WM, WN>(mf, i);
           if (m >= rows) continue;
           const float v = bias ? acc[mf][nf][i] + bias[m] : acc[mf][nf][i];
-          out[m * plane] = relu ? fmaxf(v, 0.0f) : v;
+          pa_store(out + m * plane, relu ? fmaxf(v, 0.0f) : v);
         }
     }
 }
 
-template <int PREC, int BM, int BN, int WM, int WN>
+template <int PREC, int BM, int BN, int WM, int WN, class TY>
 __device__ __forceinline__ void conv_mma_fwd(const typename mt_types<PREC>::src* __restrict__ x,
                                              const typename mt_types<PREC>::src* __restrict__ w,
-                                             const float* __restrict__ bias, float* __restrict__ y,
+                                             const float* __restrict__ bias, TY* __restrict__ y,
                                              const int* __restrict__ ntab,
                                              const int* __restrict__ ktab, CM_DIM_PARAMS,
                                              int has_bias, int relu) {
@@ -108,16 +112,16 @@ __device__ __forceinline__ void conv_mma_bwd_filter(
                                 CgRS, m0, n0, Kg, CgRS);
 }
 
-#define CM_ENTRY(PNAME, PREC, TILE, BM, BN, WM, WN)                                             \
+#define CM_FWD_ENTRY(NAME, PREC, TY, BM, BN, WM, WN)                                           \
   extern "C" __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)                      \
-      conv_mma_fwd_##PNAME##_##TILE(const mt_types<PREC>::src* __restrict__ x,                  \
-                                    const mt_types<PREC>::src* __restrict__ w,                  \
-                                    const float* __restrict__ bias, float* __restrict__ y,      \
-                                    const int* __restrict__ ntab, const int* __restrict__ ktab, \
-                                    CM_DIM_PARAMS, int has_bias, int relu) {                    \
-    conv_mma_fwd<PREC, BM, BN, WM, WN>(x, w, bias, y, ntab, ktab, N, C, H, W, K, R, S, P, Q,    \
-                                       stride, pad, groups, has_bias, relu);                    \
-  }                                                                                             \
+      NAME(const mt_types<PREC>::src* __restrict__ x, const mt_types<PREC>::src* __restrict__ w, \
+           const float* __restrict__ bias, TY* __restrict__ y, const int* __restrict__ ntab,    \
+           const int* __restrict__ ktab, CM_DIM_PARAMS, int has_bias, int relu) {               \
+    conv_mma_fwd<PREC, BM, BN, WM, WN, TY>(x, w, bias, y, ntab, ktab, N, C, H, W, K, R, S, P, Q, \
+                                           stride, pad, groups, has_bias, relu);                \
+  }
+#define CM_ENTRY(PNAME, PREC, TILE, BM, BN, WM, WN)                                             \
+  CM_FWD_ENTRY(conv_mma_fwd_##PNAME##_##TILE, PREC, float, BM, BN, WM, WN)                      \
   extern "C" __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)                      \
       conv_mma_bwd_data_##PNAME##_##TILE(                                                       \
           const mt_types<PREC>::src* __restrict__ dy, const mt_types<PREC>::src* __restrict__ w, \
@@ -140,5 +144,8 @@ __device__ __forceinline__ void conv_mma_bwd_filter(
 
 CM_TILES(tf32, MT_TF32)
 CM_TILES(bf16, MT_BF16)
+CM_FWD_ENTRY(conv_mma_fwd_bf16_to_bf16_128, MT_BF16, unsigned short, 128, 128, 64, 32)
+CM_FWD_ENTRY(conv_mma_fwd_bf16_to_bf16_64, MT_BF16, unsigned short, 64, 64, 32, 32)
 #undef CM_TILES
 #undef CM_ENTRY
+#undef CM_FWD_ENTRY

@@ -2,18 +2,31 @@
 // another array's channel range, and add one array into another. Plain kernels (not
 // library copies), so that every byte a training step moves is a kernel launch: a
 // captured step (CUDA graph, or the emulator's recording) replays all of it.
-#include "common.cuh"
+// The channel copy moves x's storage (fp32 or bf16, kernels/storage.cuh) as it is.
+#include "storage.cuh"
 
 // dst[n, dst_off + c, p] = src[n, src_off + c, p] for c < channels, p < hw.
-extern "C" __global__ void copy_channels(const float* __restrict__ src, float* __restrict__ dst,
-                                         long long total, int channels, int hw, int src_c,
-                                         int src_off, int dst_c, int dst_off) {
+template <class T>
+__device__ __forceinline__ void copy_channels_of(const T* __restrict__ src, T* __restrict__ dst,
+                                                 long long total, int channels, int hw,
+                                                 int src_c, int src_off, int dst_c,
+                                                 int dst_off) {
   PA_GRID_STRIDE(i, total) {
     const long long p = i % hw, rest = i / hw;
     const long long c = rest % channels, n = rest / channels;
     dst[(n * dst_c + dst_off + c) * hw + p] = src[(n * src_c + src_off + c) * hw + p];
   }
 }
+
+#define COPY_ENTRIES(SUFFIX, T)                                                              \
+  extern "C" __global__ void copy_channels##SUFFIX(const T* __restrict__ src,               \
+                                                    T* __restrict__ dst, long long total,    \
+                                                    int channels, int hw, int src_c,         \
+                                                    int src_off, int dst_c, int dst_off) {   \
+    copy_channels_of<T>(src, dst, total, channels, hw, src_c, src_off, dst_c, dst_off);      \
+  }
+PA_STORAGE_TYPES(COPY_ENTRIES)
+#undef COPY_ENTRIES
 
 // acc += x, elementwise.
 extern "C" __global__ void add_into(float* __restrict__ acc, const float* __restrict__ x,

@@ -19,7 +19,9 @@
 // powf (not __powf): __powf is exp2(y * log2(x)) with an approximate log2 whose relative
 // error grows with |beta * log2(scale)|; powf is accurate to a few ulp for every scale,
 // and these kernels are memory-bound, so its extra instructions are free.
-#include "common.cuh"
+//
+// x and y are stored as fp32 or bf16 (kernels/storage.cuh); scale, dy and dx are fp32.
+#include "storage.cuh"
 
 #define LRN_MAX_BLOCK 128
 
@@ -45,9 +47,10 @@ __device__ __forceinline__ bool lrn_column_of(int C, int HW, int pixels, int hal
   return true;
 }
 
-extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK)
-lrn_forward(const float* __restrict__ x, float* __restrict__ y, float* __restrict__ scale,
-            int C, int HW, int pixels, int half, int chunk, float k, float a, float beta) {
+template <class T>
+__device__ __forceinline__ void lrn_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                        float* __restrict__ scale, int C, int HW, int pixels,
+                                        int half, int chunk, float k, float a, float beta) {
   extern __shared__ __align__(16) float pa_smem[];
   lrn_column col;
   if (!lrn_column_of(C, HW, pixels, half, chunk, &col)) return;
@@ -56,12 +59,12 @@ lrn_forward(const float* __restrict__ x, float* __restrict__ y, float* __restric
   float* ring = pa_smem + threadIdx.x;
   for (int j = 0; j < R - 1; ++j) {
     const int c = c0 - half + j;
-    ring[j * B] = (c >= 0 && c < C) ? __ldg(x + base + (long long)c * HW) : 0.0f;
+    ring[j * B] = (c >= 0 && c < C) ? pa_ldg_f32(x + base + (long long)c * HW) : 0.0f;
   }
   int head = R - 1;
   for (int c = c0; c < c1; ++c) {
     const int cn = c + half;
-    ring[head * B] = cn < C ? __ldg(x + base + (long long)cn * HW) : 0.0f;
+    ring[head * B] = cn < C ? pa_ldg_f32(x + base + (long long)cn * HW) : 0.0f;
     float sum = 0.0f;
     int j = head;
     for (int t = 0; t < R; ++t) {  // oldest (channel c-half) first
@@ -74,13 +77,14 @@ lrn_forward(const float* __restrict__ x, float* __restrict__ y, float* __restric
     const float s = fmaf(a, sum, k);
     const long long o = base + (long long)c * HW;
     scale[o] = s;
-    y[o] = ring[centre * B] * powf(s, -beta);
+    pa_store(y + o, ring[centre * B] * powf(s, -beta));
     if (++head == R) head = 0;
   }
 }
 
 // Channel c's backward terms r = dy*y/scale and g = dy*scale^-beta (0 outside [0, C)).
-__device__ __forceinline__ void lrn_backward_term(const float* __restrict__ y,
+template <class T>
+__device__ __forceinline__ void lrn_backward_term(const T* __restrict__ y,
                                                   const float* __restrict__ scale,
                                                   const float* __restrict__ dy, long long base,
                                                   int c, int C, int HW, float beta, float* r,
@@ -89,7 +93,7 @@ __device__ __forceinline__ void lrn_backward_term(const float* __restrict__ y,
   if (c >= 0 && c < C) {
     const long long o = base + (long long)c * HW;
     const float s = __ldg(scale + o), d = __ldg(dy + o);
-    rv = d * __ldg(y + o) / s;
+    rv = d * pa_ldg_f32(y + o) / s;
     gv = d * powf(s, -beta);
   }
   *r = rv;
@@ -98,11 +102,12 @@ __device__ __forceinline__ void lrn_backward_term(const float* __restrict__ y,
 
 // Two rings: r = dy*y/scale (summed over the window) and g = dy*scale^-beta (used at the
 // centre only, but it needs the same loads, so it is computed when the channel arrives).
-extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK)
-lrn_backward(const float* __restrict__ x, const float* __restrict__ y,
-             const float* __restrict__ scale, const float* __restrict__ dy,
-             float* __restrict__ dx, int C, int HW, int pixels, int half, int chunk,
-             float two_a_beta, float beta) {
+template <class T>
+__device__ __forceinline__ void lrn_bwd(const T* __restrict__ x, const T* __restrict__ y,
+                                        const float* __restrict__ scale,
+                                        const float* __restrict__ dy, float* __restrict__ dx,
+                                        int C, int HW, int pixels, int half, int chunk,
+                                        float two_a_beta, float beta) {
   extern __shared__ __align__(16) float pa_smem[];
   lrn_column col;
   if (!lrn_column_of(C, HW, pixels, half, chunk, &col)) return;
@@ -126,9 +131,23 @@ lrn_backward(const float* __restrict__ x, const float* __restrict__ y,
     int centre = head - half;
     if (centre < 0) centre += R;
     const long long o = base + (long long)c * HW;
-    dx[o] = ring_g[centre * B] - two_a_beta * __ldg(x + o) * sum;
+    dx[o] = ring_g[centre * B] - two_a_beta * pa_ldg_f32(x + o) * sum;
     if (++head == R) head = 0;
   }
 }
 
+#define LRN_ENTRIES(SUFFIX, T)                                                               \
+  extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK) lrn_forward##SUFFIX(           \
+      const T* __restrict__ x, T* __restrict__ y, float* __restrict__ scale, int C, int HW,   \
+      int pixels, int half, int chunk, float k, float a, float beta) {                        \
+    lrn_fwd<T>(x, y, scale, C, HW, pixels, half, chunk, k, a, beta);                          \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK) lrn_backward##SUFFIX(          \
+      const T* __restrict__ x, const T* __restrict__ y, const float* __restrict__ scale,      \
+      const float* __restrict__ dy, float* __restrict__ dx, int C, int HW, int pixels,        \
+      int half, int chunk, float two_a_beta, float beta) {                                    \
+    lrn_bwd<T>(x, y, scale, dy, dx, C, HW, pixels, half, chunk, two_a_beta, beta);            \
+  }
+PA_STORAGE_TYPES(LRN_ENTRIES)
+#undef LRN_ENTRIES
 #undef LRN_MAX_BLOCK

@@ -21,35 +21,38 @@
 //      does) and stages it with the window's dy in shared memory, then every thread
 //      compares its own index with its <= ceil(kernel/stride)^2 windows' winners. No
 //      rescans, y is not read, and consecutive threads write consecutive dx.
-#include "common.cuh"
+// x and y are stored as fp32 or bf16 (kernels/storage.cuh; a maximum is one of its inputs,
+// so bf16 loses nothing); dy and dx are fp32.
+#include "storage.cuh"
 
 // v is the window maximum m for the winner rule: equal, or both NaN.
 __device__ __forceinline__ bool pool_same(float v, float m) { return v == m || (v != v && m != m); }
 
-extern "C" __global__ void pool_max_forward(const float* __restrict__ x, float* __restrict__ y,
-                                            int H, int W, int P, int Q, int kernel, int stride,
-                                            int total) {
+template <class T>
+__device__ __forceinline__ void pool_max_fwd(const T* __restrict__ x, T* __restrict__ y, int H,
+                                             int W, int P, int Q, int kernel, int stride,
+                                             int total) {
   PA_GRID_STRIDE(ii, total) {
     const int i = (int)ii;  // < total: 32-bit index math, the 64-bit loop cannot overflow
     const int q = i % Q, t = i / Q, p = t % P, plane = t / P;
-    const float* win = x + (long long)plane * H * W + (long long)(p * stride) * W + q * stride;
-    float best = __ldg(win);
+    const T* win = x + (long long)plane * H * W + (long long)(p * stride) * W + q * stride;
+    float best = pa_ldg_f32(win);
     for (int r = 0; r < kernel; ++r) {
       for (int s = 0; s < kernel; ++s) {
-        const float v = __ldg(win + r * W + s);
+        const float v = pa_ldg_f32(win + r * W + s);
         // strict >: ties keep the first; the first NaN wins and stays (NaN > m is false).
         if (v > best || (v != v && best == best)) best = v;
       }
     }
-    y[i] = best;
+    pa_store(y + i, best);
   }
 }
 
-extern "C" __global__ void pool_max_backward_v1(const float* __restrict__ x,
-                                             const float* __restrict__ y,
-                                             const float* __restrict__ dy,
-                                             float* __restrict__ dx, int H, int W, int P, int Q,
-                                             int kernel, int stride, int total) {
+template <class T>
+__device__ __forceinline__ void pool_max_bwd_v1(const T* __restrict__ x, const T* __restrict__ y,
+                                                const float* __restrict__ dy,
+                                                float* __restrict__ dx, int H, int W, int P,
+                                                int Q, int kernel, int stride, int total) {
   PA_GRID_STRIDE(ii, total) {
     const int i = (int)ii;  // < total: 32-bit index math, the 64-bit loop cannot overflow
     const int w = i % W, t = i / W, h = t % H, plane = t / H;
@@ -58,13 +61,13 @@ extern "C" __global__ void pool_max_backward_v1(const float* __restrict__ x,
     const int p_hi = min(h / stride, P - 1);
     const int q_lo = w < kernel ? 0 : (w - kernel) / stride + 1;
     const int q_hi = min(w / stride, Q - 1);
-    const float v = __ldg(x + i);
-    const float* xplane = x + (long long)plane * H * W;
+    const float v = pa_ldg_f32(x + i);
+    const T* xplane = x + (long long)plane * H * W;
     const long long yplane = (long long)plane * P * Q;
     float acc = 0.0f;
     for (int p = p_lo; p <= p_hi; ++p) {
       for (int q = q_lo; q <= q_hi; ++q) {
-        const float m = __ldg(y + yplane + p * Q + q);
+        const float m = pa_ldg_f32(y + yplane + p * Q + q);
         if (!pool_same(v, m)) continue;
         // Tie check: does an element before (h, w) in row-major window order match too?
         bool first = true;
@@ -72,7 +75,7 @@ extern "C" __global__ void pool_max_backward_v1(const float* __restrict__ x,
         for (int r = r0; r <= h && first; ++r) {
           const int s_end = r < h ? s0 + kernel : w;
           for (int s = s0; s < s_end; ++s) {
-            if (pool_same(__ldg(xplane + r * W + s), m)) {
+            if (pool_same(pa_ldg_f32(xplane + r * W + s), m)) {
               first = false;
               break;
             }
@@ -90,10 +93,12 @@ extern "C" __global__ void pool_max_backward_v1(const float* __restrict__ x,
 // shared memory: win_cap ints (winner index within the plane) then win_cap floats (dy),
 // win_cap >= band_planes * (covering window rows) * Q; the launcher sizes it.
 #define POOL_BWD_THREADS 256
-extern "C" __global__ void __launch_bounds__(POOL_BWD_THREADS) pool_max_backward_v2(
-    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, int H,
-    int W, int P, int Q, int kernel, int stride, int planes, int band_rows, int band_planes,
-    int win_cap) {
+template <class T>
+__device__ __forceinline__ void pool_max_bwd_v2(const T* __restrict__ x,
+                                                const float* __restrict__ dy,
+                                                float* __restrict__ dx, int H, int W, int P,
+                                                int Q, int kernel, int stride, int planes,
+                                                int band_rows, int band_planes, int win_cap) {
   extern __shared__ __align__(16) float pa_smem[];
   int* win = reinterpret_cast<int*>(pa_smem);
   float* gwin = pa_smem + win_cap;
@@ -107,14 +112,14 @@ extern "C" __global__ void __launch_bounds__(POOL_BWD_THREADS) pool_max_backward
   const int nwin = max(p_hi - p_lo + 1, 0) * Q;  // windows per plane (0: rows in no window)
   for (int t = threadIdx.x; t < nplanes * nwin; t += blockDim.x) {
     const int pl = t / nwin, o = t - pl * nwin, pr = o / Q, q = o - pr * Q, p = p_lo + pr;
-    const float* xp = x + (long long)(plane0 + pl) * H * W;
+    const T* xp = x + (long long)(plane0 + pl) * H * W;
     const int origin = p * stride * W + q * stride;
     int best_i = origin;
-    float best = __ldg(xp + origin);
+    float best = pa_ldg_f32(xp + origin);
     for (int r = 0; r < kernel; ++r) {
       for (int s = 0; s < kernel; ++s) {
         const int i = origin + r * W + s;
-        const float v = __ldg(xp + i);
+        const float v = pa_ldg_f32(xp + i);
         if (v > best || (v != v && best == best)) {  // the forward's winner rule
           best = v;
           best_i = i;
@@ -141,3 +146,25 @@ extern "C" __global__ void __launch_bounds__(POOL_BWD_THREADS) pool_max_backward
     out[(long long)pl * H * W + o] = acc;
   }
 }
+
+#define POOL_ENTRIES(SUFFIX, T)                                                              \
+  extern "C" __global__ void pool_max_forward##SUFFIX(const T* __restrict__ x,              \
+                                                       T* __restrict__ y, int H, int W, int P, \
+                                                       int Q, int kernel, int stride,         \
+                                                       int total) {                           \
+    pool_max_fwd<T>(x, y, H, W, P, Q, kernel, stride, total);                                \
+  }                                                                                           \
+  extern "C" __global__ void pool_max_backward_v1##SUFFIX(                                    \
+      const T* __restrict__ x, const T* __restrict__ y, const float* __restrict__ dy,        \
+      float* __restrict__ dx, int H, int W, int P, int Q, int kernel, int stride, int total) { \
+    pool_max_bwd_v1<T>(x, y, dy, dx, H, W, P, Q, kernel, stride, total);                     \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(POOL_BWD_THREADS) pool_max_backward_v2##SUFFIX( \
+      const T* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, int H,  \
+      int W, int P, int Q, int kernel, int stride, int planes, int band_rows,                \
+      int band_planes, int win_cap) {                                                         \
+    pool_max_bwd_v2<T>(x, dy, dx, H, W, P, Q, kernel, stride, planes, band_rows, band_planes, \
+                       win_cap);                                                              \
+  }
+PA_STORAGE_TYPES(POOL_ENTRIES)
+#undef POOL_ENTRIES

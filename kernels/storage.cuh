@@ -9,6 +9,10 @@
 __device__ __forceinline__ float pa_to_f32(float v) { return v; }
 __device__ __forceinline__ float pa_to_f32(unsigned short h) { return pa_bf16_to_f32(h); }
 
+// A read-only load (the texture path on the GPU), widened to fp32.
+template <class T>
+__device__ __forceinline__ float pa_ldg_f32(const T* p) { return pa_to_f32(__ldg(p)); }
+
 __device__ __forceinline__ void pa_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void pa_store(unsigned short* p, float v) { *p = pa_f32_to_bf16(v); }
 

@@ -32,6 +32,7 @@ _SMEM = re.compile(r"(\d+) bytes smem")
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s+)?'
                      r'void\s+(?:__launch_bounds__\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s+)?(\w+)\s*\(')
 _DYN = re.compile(r"extern\s+__shared__")
+_FUNCTION = re.compile(r"(__device__|__global__)[^;{}]*?\b(\w+)\s*\(")
 DEFAULT_BLOCK = 256
 
 
@@ -79,10 +80,19 @@ def launch_info(path):
                         str(path)], capture_output=True, text=True)
     text = p.stdout if p.returncode == 0 else Path(path).read_text()
     starts = [(m.start(), m) for m in _KERNEL.finditer(text)] + [(len(text), None)]
+    # device functions that declare dynamic shared memory (a storage-typed kernel's body is
+    # a template its entries call): the function around each declaration
+    helpers = set()
+    for d in _DYN.finditer(text):
+        around = list(_FUNCTION.finditer(text, 0, d.start()))
+        if around and around[-1].group(1) == "__device__":
+            helpers.add(around[-1].group(2))
+    calls = re.compile(r"\b(?:%s)\s*[<(]" % "|".join(sorted(helpers))) if helpers else None
     info = {}
     for (pos, m), (nxt, _) in zip(starts, starts[1:]):
         threads = m.group(1) or m.group(3)
-        info[m.group(5)] = (int(threads) if threads else None, bool(_DYN.search(text, pos, nxt)))
+        dyn = _DYN.search(text, pos, nxt) or (calls and calls.search(text, pos, nxt))
+        info[m.group(5)] = (int(threads) if threads else None, bool(dyn))
     return info
 
 

@@ -75,9 +75,11 @@ def test_planner_occupancy_tables_match_ptxas():
 
 def test_report_lists_every_kernel_with_occupancy():
     usage = _sm90_usage("pool.cu")
-    assert set(usage) == {"pool_max_forward", "pool_max_backward_v1", "pool_max_backward_v2"}
-    v2 = usage["pool_max_backward_v2"]
-    assert v2.dynamic_smem and not v2.assumed and v2.threads == 256
+    assert set(usage) == {name + storage for name in ("pool_max_forward", "pool_max_backward_v1",
+                                                      "pool_max_backward_v2")
+                          for storage in ("", "_bf16")}
+    for v2 in (usage["pool_max_backward_v2_bf16"], usage["pool_max_backward_v2"]):
+        assert v2.dynamic_smem and not v2.assumed and v2.threads == 256
     assert usage["pool_max_forward"].assumed  # no __launch_bounds__
     line = describe(v2)
     assert "+dyn" in line and "blocks/SM" in line and "warps/SM" in line

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from pyalexnet.backends import get_backend
+from pyalexnet.layers import Pass, build_steps
+from pyalexnet.model import layer_params
 from pyalexnet.net import Net
-from pyalexnet.ops.precision import UNIT_ROUNDOFF
+from pyalexnet.ops.precision import BF16, UNIT_ROUNDOFF
 
 
 def batch(config, n, seed):
@@ -63,3 +65,21 @@ def test_kernels_agree_with_the_references_in_each_precision(precision, devices)
 def test_precision_is_checked():
     with pytest.raises(ValueError, match="precision must be one of"):
         Net("cifar-small", backend="numpy", precision="fp16")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_bf16_training_stores_the_maps_in_bf16(backend):
+    """In bf16 the conv layers' maps, and the ReLU, pooling and LRN outputs after them, are
+    bf16 bits (half the bytes the memory-bound kernels move); fc outputs, the logits among
+    them, stay float32."""
+    net = Net("cifar-small", backend=backend, seed=3, precision="bf16")
+    be = net.backend
+    params = {k: be.asarray(v) for k, v in net.state_dict().items()}
+    ctx = Pass(precision="bf16")
+    h = be.asarray(batch(net.config, 2, 0)[0])
+    stored = []
+    for step in build_steps(net.config.layers):
+        h, _ = step.forward(be, h, layer_params(params, step.layer), ctx)
+        stored.append((step.layer.type, np.dtype(h.dtype)))
+    assert stored == [(t, np.dtype(np.float32 if t == "fc" else BF16)) for t, _ in stored]
+    assert {t for t, _ in stored} == {"conv", "maxpool", "lrn", "fc"}

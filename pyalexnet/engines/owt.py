@@ -31,6 +31,7 @@ from ..layers.base import ConfigError
 from ..layers.fc import FC
 from ..model import layer_params
 from ..ops import softmax as softmax_ops
+from ..ops.precision import float32_activations
 from .base import Engine
 from .data_parallel import BUCKET_BYTES, GradientBuckets, _as_tensor
 
@@ -155,7 +156,8 @@ class OneWeirdTrickEngine(Engine):
         conv_caches = []
         feats = self._conv_forward(be.asarray(x), conv_ctx, conv_caches)
         shape = feats.shape[1:]
-        feats = be.xp.ascontiguousarray(feats.reshape(len(x), -1))
+        # float32 on the wire (bf16 training's maps widen exactly; the fc layer rounds back)
+        feats = be.xp.ascontiguousarray(float32_activations(be, feats).reshape(len(x), -1))
         # every rank's labels, and every rank's activations (all broadcasts in flight at once)
         all_labels = np.zeros(N, np.int64)
         all_labels[offsets[me]:offsets[me] + len(x)] = be.to_numpy(labels)

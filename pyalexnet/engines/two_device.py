@@ -180,6 +180,7 @@ class TwoDeviceEngine(Engine):
                 bias_add(dev.backend, ys[t], self._b(layer, t))
                 if step.relu:
                     relu_ops.relu_forward(dev.backend, ys[t], out=ys[t])
+                ys[t] = layer.stored(dev.backend, ys[t], self.precision)
             seen.append(inputs)
         return ys, (seen, ys if step.relu else None)
 

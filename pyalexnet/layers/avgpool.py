@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ops import avgpool as avgpool_ops
+from ..ops.precision import float32_activations
 from .base import Layer
 
 
@@ -19,7 +20,7 @@ class AvgPool(Layer):
         return (self.in_shape[0], self.output, self.output)
 
     def forward(self, be, x, params, ctx):
-        return avgpool_ops.avgpool_forward(be, x, self.output), x.shape
+        return avgpool_ops.avgpool_forward(be, float32_activations(be, x), self.output), x.shape
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True):
         return avgpool_ops.avgpool_backward(be, cache, dy, self.output), {}

@@ -7,6 +7,7 @@ from ..devices import tower_slices
 from ..ops import conv as conv_ops
 from ..ops import relu as relu_ops
 from ..ops.copy import add_into
+from ..ops.precision import BF16, activation_dtype, convert_to_bf16
 from ..schema import ConfigError
 from .weights import WeightLayer, low_precision
 
@@ -57,7 +58,8 @@ class Conv(WeightLayer):
         # in bf16 the input and weight copies are made once and kept for the backward pass
         x, w = low_precision(be, x, pr, "conv input"), low_precision(be, params["w"], pr, "w")
         y = conv_ops.conv2d_forward(be, x, w, params["b"], stride=self.stride, pad=self.pad,
-                                    groups=self.groups // ctx.split, relu=relu, precision=pr)
+                                    groups=self.groups // ctx.split, relu=relu, precision=pr,
+                                    out_dtype=activation_dtype(pr))
         return y, (x, w, y)
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True, relu=False):
@@ -85,6 +87,9 @@ class Conv(WeightLayer):
         y = conv_ops.conv2d_forward(be, x, w, stride=self.stride, pad=self.pad,
                                     precision=precision)
         return y if acc is None else add_into(be, acc, y)
+
+    def stored(self, be, y, precision):
+        return convert_to_bf16(be, y) if activation_dtype(precision) == BF16 else y
 
     def block_backward_data(self, be, dy, w, x, precision="fp32"):
         return conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=self.stride,

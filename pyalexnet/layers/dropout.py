@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..devices import channel_copy, join_towers, tower_slices
 from ..ops import dropout as dropout_ops
+from ..ops.precision import float32_activations
 from ..rng import dropout_seed
 from ..schema import ConfigError
 from .base import Layer
@@ -33,6 +34,7 @@ class Dropout(Layer):
         return [dropout_seed(ctx.seed, self.index, t) for t in ctx.towers]
 
     def forward(self, be, x, params, ctx):
+        x = float32_activations(be, x)
         seeds = self._seeds(ctx)
         parts = [dropout_ops.dropout_forward(be, part, p=self.p, seed=seed, mode=ctx.dropout_mode,
                                              train=ctx.train, offset=_offset(part, ctx))

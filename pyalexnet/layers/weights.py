@@ -63,6 +63,10 @@ class WeightLayer(Layer):
         """acc + (x's contribution through the weight block w); acc None starts the sum."""
         raise NotImplementedError
 
+    def stored(self, be, y, precision):
+        """The finished output y (bias and ReLU applied) as the layer's forward stores it."""
+        return y
+
     def block_backward_data(self, be, dy, w, x, precision="fp32"):
         raise NotImplementedError
 

@@ -27,7 +27,7 @@ from .conv_plan import (  # noqa: F401  (the planners are part of the op's inter
     MIN_SPLIT, SM_FMA_PER_US, TARGET_SMS, TILE_SPEED, TILES, _as_int, _check_dy, _filter_plan,
     _check_kernel_args, _dims, _geometry, _grid, _resolve_algo, _tile, conv2d_backward_filter_workspace_size, conv2d_output_shape,
     conv2d_workspace_size, filter_v2_cost_us, filter_v2_plan, pick_algo, pick_splits, pick_tile)
-from .precision import check_precision, fp32_operand, operand
+from .precision import BF16, check_precision, fp32_operand, operand, to_bf16
 
 KERNELS = "conv.cu"
 THREADS = 256          # every conv kernel's block (CONV_THREADS)
@@ -114,7 +114,7 @@ def _choose_algo(precision, algo, pass_, x_shape, w_shape, stride, pad, groups, 
 
 
 def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None,
-                   algo="gemm", workspace=None, precision="fp32"):
+                   algo="gemm", workspace=None, precision="fp32", out_dtype=np.float32):
     """y = conv(x, w) + b, then ReLU if ``relu`` (fused in the kernel's epilogue).
 
     tile: force a kernel tile (tests, tuning): (BM, BN) for fp32, 128 or 64 for the
@@ -122,9 +122,14 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     algo: "gemm" (implicit GEMM), "winograd2" / "winograd4" (F(2x2, 3x3) / F(4x4, 3x3),
     3x3 stride-1 layers only, fp32) or "auto" (pick_algo). workspace: for Winograd, a
     float32 array of at least conv2d_workspace_size("forward", ...) elements.
-    precision: see the module notes.
+    precision: see the module notes. out_dtype: float32, or with precision="bf16" the bf16
+    bits (ops.precision.BF16) of bf16 training's activations, rounded in the epilogue.
     """
     check_precision(precision)
+    if np.dtype(out_dtype) not in (np.float32, BF16) or (np.dtype(out_dtype) == BF16
+                                                         and precision != "bf16"):
+        raise ValueError(f"conv2d: out_dtype must be float32, or bf16 (uint16) with "
+                         f"precision='bf16'; got {np.dtype(out_dtype)} with {precision!r}")
     out = _geometry(x.shape, w.shape, stride, pad, groups)
     k = out[1]
     if b is not None and tuple(b.shape) != (k,):
@@ -134,9 +139,10 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
         return winograd.winograd_forward(be, x, w, b, pad, groups, relu, int(algo[-1]),
                                          workspace)
     if not be.runs_kernels:
-        return conv2d_forward_reference(x, w, b, stride, pad, groups, relu, precision)
+        y = conv2d_forward_reference(x, w, b, stride, pad, groups, relu, precision)
+        return to_bf16(y) if np.dtype(out_dtype) == BF16 else y
     if precision != "fp32":
-        return _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile)
+        return _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile, out_dtype)
     _check_kernel_args("forward", ("x", x), ("w", w), *([("b", b)] if b is not None else []))
     n, _, p, q = out
     y = be.empty(out)

@@ -6,7 +6,7 @@ import numpy as np
 from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32
 from .conv_plan import (INT32_LIMIT, MAX_GRID_YZ, MIN_SPLIT, SPLIT_BLOCKS, TARGET_SMS, _as_int,
                         _check_kernel_args, _dims, _geometry)
-from .precision import mma_operand
+from .precision import BF16, mma_operand
 
 MMA_KERNELS = "conv_mma.cu"
 FP32_KERNELS = "conv.cu"  # the fp32 kernels' split-K reduction serves these too
@@ -91,7 +91,7 @@ def _mma_launch(be, kind, precision, tile, cols, rows, z, args):
     be.launch(MMA_KERNELS, f"conv_mma_{kind}_{precision}_{tile}", grid, MMA_TILES[tile], args)
 
 
-def _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile):
+def _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile, out_dtype=np.float32):
     out = _geometry(x.shape, w.shape, stride, pad, groups)
     n, k, p, q = out
     _, c, h, wd = x.shape
@@ -100,10 +100,12 @@ def _mma_forward(be, x, w, b, stride, pad, groups, relu, precision, tile):
     wk = mma_operand(be, w, precision, "conv2d forward: w")
     if b is not None:
         require_float32("conv2d forward: b", b)
-    y = be.empty(out)
+    y = be.empty(out, dtype=out_dtype)
     _check_kernel_args("forward", ("x", x), ("y", y), float32=False)
     tile = _mma_tile_arg(tile, k // groups, n * p * q, groups)
-    _mma_launch(be, "fwd", precision, tile, n * p * q, k // groups, groups,
+    # conv_mma_fwd_bf16_to_bf16_*: the same product, its maps stored as bf16
+    stored = precision + ("_to_bf16" if np.dtype(out_dtype) == BF16 else "")
+    _mma_launch(be, "fwd", stored, tile, n * p * q, k // groups, groups,
                 [xk, wk, y if b is None else b, y, _window_table(be, n, c, h, wd, k, p, q, stride, pad),
                  _tap_table(be, cg, r, s, h, wd),
                  *_dims(x.shape, w.shape, out, stride, pad, groups), i32(b is not None),

@@ -7,6 +7,7 @@ so a captured training step holds every launch.
 import numpy as np
 
 from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i32, i64, require_float32
+from .precision import storage_suffix
 
 KERNELS = "copy.cu"
 
@@ -28,11 +29,12 @@ def copy_channels(be, src, dst, src_start, dst_start, channels):
     if not be.runs_kernels:
         d[:, dst_start:dst_start + channels] = s[:, src_start:src_start + channels]
         return dst
-    require_float32("copy_channels: src", src)
-    require_float32("copy_channels: dst", dst)
+    suffix = storage_suffix("copy_channels: src", src)
+    if dst.dtype != src.dtype:
+        raise TypeError(f"copy_channels: dst must have src's dtype {src.dtype}, got {dst.dtype}")
     total = s.shape[0] * channels * s.shape[2]
     if total:
-        be.launch(KERNELS, "copy_channels", elementwise_grid(total), ELEMENTWISE_BLOCK,
+        be.launch(KERNELS, "copy_channels" + suffix, elementwise_grid(total), ELEMENTWISE_BLOCK,
                   [src, dst, i64(total), i32(channels), i32(s.shape[2]), i32(s.shape[1]),
                    i32(src_start), i32(d.shape[1]), i32(dst_start)])
     return dst

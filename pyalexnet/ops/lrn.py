@@ -17,11 +17,13 @@ all disagree about the window. Windows larger than the channel count are allowed
 clip to the channels that exist). ``k > 0`` and ``alpha >= 0`` keep scale positive.
 
 The kernels (kernels/lrn.cu) sum in float32, each window afresh in ascending channel
-order, and use the accurate ``powf``.
+order, and use the accurate ``powf``. x and y may be float32 or bf16 bits (uint16;
+ops/precision.py): y has x's storage; scale, dy and dx are float32.
 """
 import numpy as np
 
 from ._launch import ceil_div, f32, i32, require_float32
+from .precision import storage_suffix, stored_like, widened
 
 KERNELS = "lrn.cu"
 MAX_BLOCK = 128          # threads per block (pixels); the kernels' __launch_bounds__
@@ -68,19 +70,21 @@ def _window_sum(v, size):
 
 
 def lrn_forward_reference(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=False):
-    """(y, scale) in x's dtype."""
+    """(y, scale) in x's dtype (y stored as x, scale float32, for bf16 x)."""
     _check_params(size, alpha, beta, k)
     _check_4d("x", x)
     a = _a(alpha, size, alpha_over_n)
-    scale = k + a * _window_sum(x * x, size)
-    return x * scale ** -beta, scale
+    xf = widened(x)
+    scale = k + a * _window_sum(xf * xf, size)
+    return stored_like(xf * scale ** -beta, x), scale
 
 
 def lrn_backward_reference(x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
                            alpha_over_n=False):
     _check_params(size, alpha, beta, k)
     a = _a(alpha, size, alpha_over_n)
-    return dy * scale ** -beta - (2 * a * beta) * x * _window_sum(dy * y / scale, size)
+    return (dy * scale ** -beta
+            - (2 * a * beta) * widened(x) * _window_sum(dy * widened(y) / scale, size))
 
 
 def _geometry(shape, size, rings):
@@ -113,12 +117,12 @@ def lrn_forward(be, x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=False)
     _check_4d("x", x)
     if not be.runs_kernels:
         return lrn_forward_reference(x, size, alpha, beta, k, alpha_over_n)
-    require_float32("LRN x", x)
-    y, scale = be.empty(x.shape), be.empty(x.shape)
+    suffix = storage_suffix("LRN x", x)
+    y, scale = be.empty(x.shape, dtype=x.dtype), be.empty(x.shape)
     if x.size == 0:
         return y, scale
     grid, block, shared, args = _geometry(x.shape, size, rings=1)
-    be.launch(KERNELS, "lrn_forward", grid, block,
+    be.launch(KERNELS, "lrn_forward" + suffix, grid, block,
               [x, y, scale] + args + [f32(k), f32(_a(alpha, size, alpha_over_n)), f32(beta)],
               shared_mem=shared)
     return y, scale
@@ -133,14 +137,17 @@ def lrn_backward(be, x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
         _check_4d(what, arr, x.shape)
     if not be.runs_kernels:
         return lrn_backward_reference(x, y, scale, dy, size, alpha, beta, k, alpha_over_n)
-    for what, arr in (("x", x), ("y", y), ("scale", scale), ("dy", dy)):
+    suffix = storage_suffix("LRN x", x)
+    if y.dtype != x.dtype:
+        raise TypeError(f"LRN y must have x's dtype {x.dtype}, got {y.dtype}")
+    for what, arr in (("scale", scale), ("dy", dy)):
         require_float32(f"LRN {what}", arr)
     dx = be.empty(x.shape)
     if x.size == 0:
         return dx
     grid, block, shared, args = _geometry(x.shape, size, rings=2)
     a = _a(alpha, size, alpha_over_n)
-    be.launch(KERNELS, "lrn_backward", grid, block,
+    be.launch(KERNELS, "lrn_backward" + suffix, grid, block,
               [x, y, scale, dy, dx] + args + [f32(2 * a * beta), f32(beta)],
               shared_mem=shared)
     return dx

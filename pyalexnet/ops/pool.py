@@ -15,11 +15,15 @@ both give the same bits): 1 uses y as the window maximum and rescans a window fr
 an input equals it, so y must be ``maxpool_forward(x)``; 2 (the default) stages each
 window's winner, found from x as the forward finds it, in shared memory per tile of input
 rows, and reads y only for its shape. The reference recomputes the winner from x alone.
+
+x and y may be float32 or bf16 bits (uint16; ops/precision.py): y has x's storage (a
+maximum is one of its inputs, so nothing is rounded); dy and dx are float32.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, require_float32
+from .precision import storage_suffix, stored_like, widened
 
 KERNELS = "pool.cu"
 BACKWARD_VERSIONS = (1, 2)
@@ -50,9 +54,11 @@ def _winners(x, kernel, stride):
 
 def maxpool_forward_reference(x, kernel=3, stride=2):
     n, c, p, q = maxpool_output_shape(x.shape, kernel, stride)
-    win = sliding_window_view(x, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
-    idx = _winners(x, kernel, stride)
-    return np.take_along_axis(win.reshape(n, c, p, q, -1), idx[..., None], axis=-1)[..., 0]
+    xf = widened(x)
+    win = sliding_window_view(xf, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    idx = _winners(xf, kernel, stride)
+    y = np.take_along_axis(win.reshape(n, c, p, q, -1), idx[..., None], axis=-1)[..., 0]
+    return stored_like(y, x)
 
 
 def maxpool_backward_reference(x, y, dy, kernel=3, stride=2):
@@ -61,7 +67,7 @@ def maxpool_backward_reference(x, y, dy, kernel=3, stride=2):
     if tuple(dy.shape) != (n, c, p, q):
         raise ValueError(f"max-pool dy has shape {dy.shape}, expected {(n, c, p, q)}")
     h, w = x.shape[2:]
-    idx = _winners(x, kernel, stride)
+    idx = _winners(widened(x), kernel, stride)
     rows = np.arange(p)[:, None] * stride + idx // kernel
     cols = np.arange(q)[None, :] * stride + idx % kernel
     planes = np.arange(n * c).reshape(n, c, 1, 1)
@@ -71,10 +77,17 @@ def maxpool_backward_reference(x, y, dy, kernel=3, stride=2):
     return dx.reshape(x.shape)
 
 
-def _check_array(what, a, shape):
+def _check_shape(what, a, shape):
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"max-pool {what} has shape {a.shape}, expected {tuple(shape)}")
-    require_float32(f"max-pool {what}", a)
+
+
+def _storage(x, y=None):
+    """The kernel-name suffix of x's storage; y, if given, must be stored as x is."""
+    suffix = storage_suffix("max-pool x", x)
+    if y is not None and y.dtype != x.dtype:
+        raise TypeError(f"max-pool y must have x's dtype {x.dtype}, got {y.dtype}")
+    return suffix
 
 
 def maxpool_forward(be, x, kernel=3, stride=2):
@@ -82,11 +95,11 @@ def maxpool_forward(be, x, kernel=3, stride=2):
     shape = maxpool_output_shape(x.shape, kernel, stride)
     if not be.runs_kernels:
         return maxpool_forward_reference(x, kernel, stride)
-    _check_array("x", x, x.shape)
-    y = be.empty(shape)
+    suffix = _storage(x)
+    y = be.empty(shape, dtype=x.dtype)
     if y.size:
         n, c, h, w = x.shape
-        be.launch(KERNELS, "pool_max_forward", elementwise_grid(y.size), ELEMENTWISE_BLOCK,
+        be.launch(KERNELS, "pool_max_forward" + suffix, elementwise_grid(y.size), ELEMENTWISE_BLOCK,
                   [x, y, i32(h), i32(w), i32(shape[2]), i32(shape[3]), i32(kernel),
                    i32(stride), i32(y.size)])
     return y
@@ -131,9 +144,10 @@ def maxpool_backward(be, x, y, dy, kernel=3, stride=2, version=None):
                          f"got {version!r}")
     if not be.runs_kernels:
         return maxpool_backward_reference(x, y, dy, kernel, stride)
-    _check_array("x", x, x.shape)
-    _check_array("y", y, shape)
-    _check_array("dy", dy, shape)
+    _check_shape("y", y, shape)
+    _check_shape("dy", dy, shape)
+    suffix = _storage(x, y)
+    require_float32("max-pool dy", dy)
     tiles = backward_v2_tiles(x.shape, kernel, stride) if version != 1 else None
     if version == 2 and tiles is None:
         raise ValueError(f"max-pool backward v2: the windows of one row of a {x.shape} input "
@@ -144,11 +158,11 @@ def maxpool_backward(be, x, y, dy, kernel=3, stride=2, version=None):
     n, c, h, w = x.shape
     dims = [i32(h), i32(w), i32(shape[2]), i32(shape[3]), i32(kernel), i32(stride)]
     if tiles is None:
-        be.launch(KERNELS, "pool_max_backward_v1", elementwise_grid(dx.size), ELEMENTWISE_BLOCK,
+        be.launch(KERNELS, "pool_max_backward_v1" + suffix, elementwise_grid(dx.size), ELEMENTWISE_BLOCK,
                   [x, y, dy, dx, *dims, i32(dx.size)])
         return dx
     rows, band_planes, win_cap, blocks = tiles
-    be.launch(KERNELS, "pool_max_backward_v2", blocks, V2_THREADS,
+    be.launch(KERNELS, "pool_max_backward_v2" + suffix, blocks, V2_THREADS,
               [x, dy, dx, *dims, i32(n * c), i32(rows), i32(band_planes), i32(win_cap)],
               shared_mem=8 * win_cap)
     return dx

@@ -51,6 +51,13 @@ def round_bf16(x):
     return from_bf16(to_bf16(x))
 
 
+def activation_dtype(precision):
+    """How a convolution stores its output maps: bf16 bits in bf16 training (the maps are
+    most of a step's memory traffic; the memory-bound layers after them read and write
+    bf16 too), float32 otherwise. fc outputs stay float32 (small, and the logits)."""
+    return BF16 if check_precision(precision) == "bf16" else np.float32
+
+
 def storage_suffix(what, a):
     """The kernel-name suffix of an activation's storage (kernels/storage.cuh): "" for
     float32, "_bf16" for bf16 bits (uint16)."""
@@ -127,6 +134,12 @@ def convert_from_bf16(be, h):
     if h.dtype != BF16:
         raise TypeError(f"convert_from_bf16: expected a bf16 (uint16) array, got {h.dtype}")
     return _convert(be, "convert_bf16_to_f32", h, np.float32)
+
+
+def float32_activations(be, x):
+    """x as float32: bf16 activations widened (exact, by a kernel), float32 ones as they are;
+    for the layers whose kernels read float32 only (dropout, average pooling)."""
+    return convert_from_bf16(be, x) if x.dtype == BF16 else x
 
 
 def convert_round_tf32(be, x):
