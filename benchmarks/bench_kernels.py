@@ -678,9 +678,11 @@ def versions(torch):
     return v
 
 
-# Rows measured before their kernel had numbered versions: the same kernel as today's v1
-# (max-pool backward became pool_max_backward_v1 when v2 came, its body unchanged).
-RENAMED = {f"{name} backward": f"{name} backward v1" for name, *_ in POOLS}
+# Rows measured before their kernel had numbered versions: the same kernels as today's v1
+# (max-pool backward and the conv filter gradient were renamed v1 when v2 came, their
+# bodies unchanged; the filter gradient's split plan is today's).
+RENAMED = {**{f"{name} backward": f"{name} backward v1" for name, *_ in POOLS},
+           **{f"{name} backward filter": f"{name} backward filter v1" for name, *_ in CONVS}}
 
 
 def load_measured(path):
@@ -720,7 +722,7 @@ def run_emulated(args):
           f"{args.measured if measured else 'none'}")
     print(f"{'case':28s} {'model ms':>9s} {'H200 ms':>9s} {'mod/meas':>8s} {'bound':>6s} "
           f"{'GFLOP':>8s} {'DRAM MB':>8s} {'ld sec/req':>10s} {'st sec/req':>10s} {'gld eff':>7s} "
-          f"{'smem wf/ideal':>13s} {'warps/SM':>8s} {'blocks':>12s}")
+          f"{'smem wf/ideal':>13s} {'SIMT eff':>8s} {'warps/SM':>8s} {'blocks':>12s}")
     rows = []
     for c in cases:
         be.profiles.clear()
@@ -731,7 +733,8 @@ def run_emulated(args):
             "global_store_requests", "global_store_sectors", "global_store_bytes",
             "shared_load_wavefronts", "shared_store_wavefronts", "shared_load_ideal_wavefronts",
             "shared_store_ideal_wavefronts", "dram_bytes", "dram_bytes_lower_bound", "flops",
-            "barriers", "atomics_global", "atomics_shared")}
+            "barriers", "atomics_global", "atomics_shared", "thread_instructions",
+            "warp_instructions")}
         model_ms = 1e3 * sum(m["seconds"] for m in launches)
         main = max(launches, key=lambda m: m["seconds"])
         meas = measured.get(c.name)
@@ -755,12 +758,16 @@ def run_emulated(args):
         wf = tot["shared_load_wavefronts"] + tot["shared_store_wavefronts"]
         ideal = tot["shared_load_ideal_wavefronts"] + tot["shared_store_ideal_wavefronts"]
         blocks = f"{sum(p['blocks_run'] for p in be.profiles)}/{sum(p['blocks_total'] for p in be.profiles)}"
+        # SIMT efficiency: the lanes' instructions over what their warps issue (divergence)
+        simt = per("thread_instructions", "warp_instructions")
+        row["simt_efficiency"] = simt and simt / 32
         print(f"{c.name:28s} {model_ms:9.3f} {fmt(meas, '9.3f')} {fmt(row['ratio'], '8.2f')} "
               f"{main['bound']:>6s} {tot['flops'] / 1e9:8.1f} {tot['dram_bytes'] / 1e6:8.1f} "
               f"{fmt(per('global_load_sectors', 'global_load_requests'), '10.2f')} "
               f"{fmt(per('global_store_sectors', 'global_store_requests'), '10.2f')} "
               f"{fmt(eff and 100 * eff / 32, '6.0f')}% "
-              f"{fmt(wf / ideal if ideal else None, '13.2f')} {main['warps_per_sm']:8d} {blocks:>12s}",
+              f"{fmt(wf / ideal if ideal else None, '13.2f')} "
+              f"{fmt(simt and 100 * simt / 32, '7.0f')}% {main['warps_per_sm']:8d} {blocks:>12s}",
               flush=True)
     both = [r for r in rows if r["measured_ms"]]
     rho = emu_model.spearman([r["model_ms"] for r in both], [r["measured_ms"] for r in both]) if len(both) > 2 else None

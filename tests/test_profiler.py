@@ -100,6 +100,30 @@ def test_flops_are_counted_from_the_arithmetic(n):
     assert p["flops"] == 96 * (4 * n + 1)
 
 
+def _loop(active, n, warps=2):
+    x = np.ones(n, np.float32)
+    y = np.zeros(32 * warps, np.float32)
+    p = profiled("prof_divergent_loop", 1, 32 * warps, [x, y, np.int32(n), np.int32(active)])
+    np.testing.assert_array_equal(y.reshape(warps, 32)[:, :active], n)
+    return np.array([p["thread_instructions"], p["warp_instructions"]])
+
+
+def test_a_warp_issues_a_block_as_often_as_its_busiest_lane():
+    """No divergence: every lane runs every block equally often, so the lanes' instructions
+    are exactly 32 times the warp's. With one busy lane per warp, 100 more loop passes add
+    to the warp exactly what they add when all lanes are busy, and to the lanes 1/32 of it."""
+    all_lanes = {n: _loop(32, n) for n in (50, 150)}
+    one_lane = {n: _loop(1, n) for n in (50, 150)}
+    for thread, warp in all_lanes.values():
+        assert thread == 32 * warp > 0
+    d_thread_all, d_warp_all = all_lanes[150] - all_lanes[50]
+    d_thread_one, d_warp_one = one_lane[150] - one_lane[50]
+    assert d_warp_all > 0 and d_warp_one == d_warp_all
+    assert 32 * d_thread_one == d_thread_all
+    thread, warp = one_lane[150]
+    assert thread < 0.2 * 32 * warp  # SIMT efficiency near 1/32 once the loop dominates
+
+
 def test_product_build_is_not_instrumented():
     """Free when off: pyalexnet._emu has no coverage callbacks at all."""
     import pyalexnet._emu as product

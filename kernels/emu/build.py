@@ -202,10 +202,12 @@ _INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
 
 def write_flop_table(so):
     """``<so>.flops``: for each basic block of the kernel code (named by the return address
-    of its coverage call), the FP32 operations of its machine code. The code is cut into
-    straight runs at jumps, returns and jump targets; a run's operations before its first
-    coverage call belong to that call (the scheduler may hoist them above it), the rest to
-    the call before them. Needs objdump (binutils)."""
+    of its coverage call), the FP32 operations and the instructions of its machine code.
+    The code is cut into straight runs at jumps, returns and jump targets; a run's
+    instructions before its first coverage call belong to that call (the scheduler may
+    hoist them above it), the rest to the call before them. The instrumentation itself (the
+    coverage calls and the address argument a load/store callback is given) and nops are
+    not instructions of the kernel. Needs objdump (binutils)."""
     p = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(so)], capture_output=True,
                        text=True)
     if p.returncode != 0:
@@ -219,26 +221,33 @@ def write_flop_table(so):
             insns.append((None, "", ""))
     targets = {int(m.group(1), 16) for _, op, rest in insns if op.startswith("j")
                for m in [re.match(r"([0-9a-f]+) <", rest)] if m}
-    table, pending, block = {}, 0, None
+    table, pending, block = {}, [0, 0], None  # [flops, instructions]
+    last = None  # where the previous instruction was counted, if it set up %rdi
     for i, (addr, op, rest) in enumerate(insns):
         if addr is None or addr in targets:
-            pending, block = 0, None  # a new run
+            pending, block = [0, 0], None  # a new run
         if addr is None:
             continue
         if op.startswith("call") and "<__sanitizer_cov_trace_pc" in rest:
             block = insns[i + 1][0]
             table[block] = pending
-            pending = 0
-        elif op.startswith("call") and ("<fmaf@" in rest or "<fmaf>" in rest):
-            pending += 2
-        else:
-            pending += _FLOPS.get(op, 0)
-        if block is not None and pending:
-            table[block] += pending
-            pending = 0
+            pending, last = [0, 0], None
+            continue
+        if op.startswith("call") and "<__sanitizer_cov_" in rest:
+            if last is not None:
+                last[1] -= 1  # the callback's argument, not a kernel instruction
+            last = None
+            continue
+        flops = 2 if op.startswith("call") and ("<fmaf@" in rest or "<fmaf>" in rest) \
+            else _FLOPS.get(op, 0)
+        counted = pending if block is None else table[block]
+        if not op.startswith("nop"):
+            counted[0] += flops
+            counted[1] += 1
+        last = counted if op.startswith(("mov", "lea")) and rest.endswith("%rdi") else None
         if op.startswith(("j", "ret", "ud2")):
-            pending, block = 0, None
-    rows = [f"{a:x} {f}" for a, f in sorted(table.items()) if f]
+            pending, block = [0, 0], None
+    rows = [f"{a:x} {f} {n}" for a, (f, n) in sorted(table.items()) if f or n]
     Path(str(so) + ".flops").write_text("\n".join(rows) + "\n")
 
 

@@ -66,6 +66,9 @@ static py::dict profile_dict(const cuemu::prof::Result& r) {
     d[(s + "_bytes").c_str()] = c.s_bytes[k];
   }
   d["flops"] = r.flops < 0 ? py::object(py::none()) : py::object(py::int_(r.flops));
+  for (auto [key, v] : {std::pair<const char*, int64_t>{"thread_instructions", r.thread_instructions},
+                        {"warp_instructions", r.warp_instructions}})
+    d[key] = v < 0 ? py::object(py::none()) : py::object(py::int_(v));
   d["barriers"] = c.barriers;
   d["atomics_global"] = c.atomics_global;
   d["atomics_shared"] = c.atomics_shared;

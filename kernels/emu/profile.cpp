@@ -47,15 +47,20 @@ struct LaunchState {
   Counters total;
   std::vector<PerArray> arrays;
   std::unordered_map<uintptr_t, uint64_t> block_runs;  // basic block -> executions
+  std::unordered_map<uintptr_t, uint64_t> warp_runs;   // basic block -> warp executions
 };
 LaunchState g_launch;
 
-// FP32 operations of each basic block of the kernel code, written next to this module by
-// kernels/emu/build.py from its machine code ("<module file>.flops": offset flops per line).
+// FP32 operations and instructions of each basic block of the kernel code, written next to
+// this module by kernels/emu/build.py from its machine code ("<module file>.flops": offset,
+// flops, instructions per line).
+struct BlockCost {
+  uint32_t flops, instructions;
+};
 struct FlopTable {
   bool loaded = false;
   uintptr_t base = 0;
-  std::unordered_map<uintptr_t, uint32_t> flops;  // offset of a block's coverage call return
+  std::unordered_map<uintptr_t, BlockCost> cost;  // offset of a block's coverage call return
 };
 FlopTable& flop_table() {
   static FlopTable t;
@@ -66,8 +71,8 @@ FlopTable& flop_table() {
     t.base = (uintptr_t)info.dli_fbase;
     std::ifstream in(std::string(info.dli_fname) + ".flops");
     uintptr_t off;
-    uint32_t f;
-    while (in >> std::hex >> off >> std::dec >> f) t.flops[off] = f;
+    uint32_t f, n;
+    while (in >> std::hex >> off >> std::dec >> f >> n) t.cost[off] = BlockCost{f, n};
     t.loaded = (bool)in.eof();
   });
   return t;
@@ -101,6 +106,9 @@ struct Worker {
   std::unordered_map<uint64_t, uint32_t> occurrences;  // (thread << 48 | site) -> count
   std::unordered_map<Key, Group, KeyHash> pending;
   std::unordered_map<uintptr_t, uint64_t> block_runs;
+  std::unordered_map<uintptr_t, uint64_t> warp_runs;
+  // the current block's executions of each basic block, per thread (linear index)
+  std::unordered_map<uintptr_t, std::vector<uint32_t>> lane_runs;
   Counters c;
   std::vector<PerArray> arrays;
 };
@@ -229,14 +237,21 @@ Result launch_end() {
   Result r;
   r.c = g_launch.total;
   const FlopTable& ft = flop_table();
-  r.flops = ft.loaded ? 0 : -1;
+  r.flops = r.thread_instructions = r.warp_instructions = ft.loaded ? 0 : -1;
   if (ft.loaded) {
     for (const auto& kv : g_launch.block_runs) {
-      auto it = ft.flops.find(kv.first - ft.base);
-      if (it != ft.flops.end()) r.flops += (int64_t)(kv.second * it->second);
+      auto it = ft.cost.find(kv.first - ft.base);
+      if (it == ft.cost.end()) continue;
+      r.flops += (int64_t)(kv.second * it->second.flops);
+      r.thread_instructions += (int64_t)(kv.second * it->second.instructions);
+    }
+    for (const auto& kv : g_launch.warp_runs) {
+      auto it = ft.cost.find(kv.first - ft.base);
+      if (it != ft.cost.end()) r.warp_instructions += (int64_t)(kv.second * it->second.instructions);
     }
   }
   g_launch.block_runs.clear();
+  g_launch.warp_runs.clear();
   for (size_t i = 0; i < g_launch.buffers.size(); ++i) {
     const PerArray& a = g_launch.arrays[i];
     r.arrays.push_back(ArrayTraffic{g_launch.buffers[i].arg,
@@ -269,6 +284,23 @@ void block_end() {
   W.on = false;
   for (auto& kv : W.pending) finish(kv.second);  // diverged lanes: partial instructions
   W.pending.clear();
+  // A warp runs a basic block as often as its busiest lane does (SIMT: diverged paths
+  // run one after the other, idle lanes masked off).
+  for (const auto& kv : W.lane_runs) {
+    const std::vector<uint32_t>& n = kv.second;
+    uint64_t sum = 0, warps = 0;
+    for (size_t w0 = 0; w0 < n.size(); w0 += 32) {
+      uint32_t most = 0;
+      for (size_t i = w0; i < std::min(n.size(), w0 + 32); ++i) {
+        sum += n[i];
+        most = std::max(most, n[i]);
+      }
+      warps += most;
+    }
+    W.block_runs[kv.first] += sum;
+    W.warp_runs[kv.first] += warps;
+  }
+  W.lane_runs.clear();
   W.c.blocks += 1;
 }
 
@@ -279,7 +311,9 @@ void worker_end() {
   std::lock_guard<std::mutex> g(g_launch.mu);
   g_launch.total.add(W.c);
   for (const auto& kv : W.block_runs) g_launch.block_runs[kv.first] += kv.second;
+  for (const auto& kv : W.warp_runs) g_launch.warp_runs[kv.first] += kv.second;
   W.block_runs.clear();
+  W.warp_runs.clear();
   for (size_t i = 0; i < W.arrays.size() && i < g_launch.arrays.size(); ++i) {
     for (int k = 0; k < 2; ++k) {
       g_launch.arrays[i].unique[k].insert(W.arrays[i].unique[k].begin(), W.arrays[i].unique[k].end());
@@ -318,8 +352,12 @@ CUEMU_COV(8, uint64_t)
 CUEMU_COV(16, __int128)
 #undef CUEMU_COV
 // Basic-block coverage (needed for clang to emit the load/store callbacks at all) counts
-// each block's executions: FLOPs are those counts times the blocks' FP32 instructions.
+// each block's executions per thread: FLOPs and instructions are those counts times the
+// blocks' FP32 operations and instructions, per thread and per warp (block_end).
 extern "C" void __sanitizer_cov_trace_pc() {
   cuemu::prof::Worker& w = cuemu::prof::W;
-  if (w.on && !w.mute && cuemu::tls_cur.thread) w.block_runs[(uintptr_t)__builtin_return_address(0)]++;
+  if (!w.on || w.mute || !cuemu::tls_cur.thread) return;
+  std::vector<uint32_t>& n = w.lane_runs[(uintptr_t)__builtin_return_address(0)];
+  if (n.empty()) n.assign(w.nthreads, 0);
+  n[cuemu::tls_cur.thread->linear]++;
 }

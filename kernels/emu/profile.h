@@ -46,6 +46,9 @@ struct ArrayTraffic {
 struct Result {
   Counters c;
   int64_t flops = -1;  // -1: this build has no FLOP table
+  // Machine instructions of the CPU build standing for the GPU's (-1: no table): summed
+  // over threads, and over warps (a warp runs a basic block as often as its busiest lane).
+  int64_t thread_instructions = -1, warp_instructions = -1;
   std::vector<ArrayTraffic> arrays;
 };
 

@@ -35,3 +35,12 @@ extern "C" __global__ void prof_flops(const float* x, float* y, int n) {
   for (int k = 0; k < n; ++k) sq += x[k] * x[k];
   y[i] = acc + sq;
 }
+
+// Lanes below `active` of each warp sum n values, the rest skip the loop: the same code
+// for every `active`, so only the counts of its basic blocks change.
+extern "C" __global__ void prof_divergent_loop(const float* x, float* y, int n, int active) {
+  const int reps = (int)(threadIdx.x % 32) < active ? n : 0;
+  float acc = 0.0f;
+  for (int k = 0; k < reps; ++k) acc += x[k];
+  y[blockIdx.x * blockDim.x + threadIdx.x] = acc;
+}
