@@ -1,6 +1,7 @@
 // Per-channel bias: y[n, c, ...] = x[n, c, ...] + b[c] over NC(HW) layouts (fully connected
-// layers are the case HW = 1), and its gradient db[c] = sum over n and HW of dy[n, c, ...].
-#include "common.cuh"
+// layers are the case HW = 1), and its gradient db[c] = sum over n and HW of dy[n, c, ...]
+// (dy fp32, or the bf16 gradient a bf16 layer's products read: kernels/storage.cuh).
+#include "storage.cuh"
 
 // In place: x += b over (N, C, inner). One grid-stride pass, coalesced along inner.
 extern "C" __global__ void bias_add(float* __restrict__ x, const float* __restrict__ b, int C,
@@ -10,16 +11,26 @@ extern "C" __global__ void bias_add(float* __restrict__ x, const float* __restri
 
 // db[c] = sum_{n, j} dy[n, c, j]: one block per channel, a fixed-order tree reduction, so
 // the result is the same on every run (no float atomics).
-extern "C" __global__ void bias_backward(const float* __restrict__ dy, float* __restrict__ db,
-                                         int N, int C, long long inner) {
+template <class T>
+__device__ __forceinline__ void bias_bwd(const T* __restrict__ dy, float* __restrict__ db, int N,
+                                         int C, long long inner) {
   __shared__ float scratch[32];
   int c = blockIdx.x;
   long long count = (long long)N * inner;
   float acc = 0.0f;
   for (long long t = threadIdx.x; t < count; t += blockDim.x) {
     long long n = t / inner, j = t - n * inner;
-    acc += dy[(n * C + c) * inner + j];
+    acc += pa_to_f32(dy[(n * C + c) * inner + j]);
   }
   acc = pa_block_sum(acc, scratch);
   if (threadIdx.x == 0) db[c] = acc;
 }
+
+#define BIAS_ENTRIES(SUFFIX, T)                                                            \
+  extern "C" __global__ void bias_backward##SUFFIX(const T* __restrict__ dy,              \
+                                                    float* __restrict__ db, int N, int C,   \
+                                                    long long inner) {                      \
+    bias_bwd<T>(dy, db, N, C, inner);                                                      \
+  }
+PA_STORAGE_TYPES(BIAS_ENTRIES)
+#undef BIAS_ENTRIES

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import assert_matches_reference
 from pyalexnet.backends import get_backend
-from pyalexnet.ops import conv, lrn, pool, relu
+from pyalexnet.ops import bias, conv, lrn, pool, relu
 from pyalexnet.ops.precision import BF16, UNIT_ROUNDOFF, from_bf16, to_bf16
 
 
@@ -81,3 +81,24 @@ def test_conv_bf16_maps_need_bf16_products():
     with pytest.raises(ValueError, match="out_dtype"):
         conv.conv2d_forward(be, x, x, precision="tf32", out_dtype=BF16)
     assert conv.conv2d_forward(be, x, x, precision="bf16", out_dtype=BF16).dtype == BF16
+
+
+def test_relu_backward_stores_a_bf16_gradient(kernel_backend, rng):
+    """The gradient a bf16 product reads next, rounded in the ReLU's own pass: bit for bit
+    the fp32 gradient rounded to nearest even, from fp32 or bf16 outputs y."""
+    be = kernel_backend
+    dy = rng.standard_normal((4, 7, 9), dtype=np.float32)
+    for y in (rng.standard_normal(dy.shape, dtype=np.float32), _bits(rng, dy.shape)):
+        dx = relu.relu_backward(be, be.asarray(y, dtype=y.dtype), be.asarray(dy), out_dtype=BF16)
+        assert dx.dtype == BF16
+        np.testing.assert_array_equal(be.to_numpy(dx), to_bf16(relu.relu_backward_reference(y, dy)))
+    with pytest.raises(ValueError, match="out_dtype"):
+        relu.relu_backward(be, be.asarray(dy), be.asarray(dy), out_dtype=np.float16)
+
+
+def test_bias_gradient_of_a_bf16_gradient(kernel_backend, rng):
+    be = kernel_backend
+    dy = _bits(rng, (3, 5, 6, 7))
+    db = bias.bias_backward(be, be.asarray(dy, dtype=BF16))
+    exact = from_bf16(dy).astype(np.float64).sum(axis=(0, 2, 3))
+    assert_matches_reference(be.to_numpy(db), exact, reduction=3 * 6 * 7, what="db")

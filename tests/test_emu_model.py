@@ -65,7 +65,8 @@ def test_emulated_benchmark_runs_and_compares(tmp_path):
     out = tmp_path / "em.json"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--emulated",
                         "--batch", "2", "--blocks", "2", "--threads", "2",
-                        "--only", "relu1", "lrn2", "fc8 forward", "--out", str(out)],
+                        "--precision", "fp32", "--only", "relu1", "lrn2", "fc8 forward",
+                        "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     d = json.loads(out.read_text())

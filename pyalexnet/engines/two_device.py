@@ -30,6 +30,7 @@ from ..backends import get_backend
 from ..devices import (TOWER_NAMES, Device, Link, channel_copy, join_towers, tower_shape,
                        tower_slices)
 from ..layers import Pass, build_steps
+from ..layers.weights import output_gradient
 from ..model import layer_params
 from ..ops import relu as relu_ops
 from ..ops.copy import add_into
@@ -228,10 +229,10 @@ class TwoDeviceEngine(Engine):
         layer, devs, T = step.layer, self.devices, self.towers
         seen, ys = cache
         dys = list(dys)
-        if step.relu:
-            for t, dev in enumerate(devs):
-                with dev.activate():
-                    dys[t] = relu_ops.relu_backward(dev.backend, ys[t], dys[t])
+        for t, dev in enumerate(devs):  # once per tower, not per block
+            with dev.activate():
+                y = ys[t] if step.relu else None
+                dys[t] = output_gradient(dev.backend, dys[t], y, step.relu, self.precision)
         sent = {}
         for t, dev in enumerate(devs):
             with dev.activate():

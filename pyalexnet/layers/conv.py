@@ -5,11 +5,10 @@ from dataclasses import dataclass
 
 from ..devices import tower_slices
 from ..ops import conv as conv_ops
-from ..ops import relu as relu_ops
 from ..ops.copy import add_into
 from ..ops.precision import BF16, activation_dtype, convert_to_bf16
 from ..schema import ConfigError
-from .weights import WeightLayer, low_precision
+from .weights import WeightLayer, low_precision, output_gradient
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,11 +63,9 @@ class Conv(WeightLayer):
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True, relu=False):
         x, w, y = cache
-        if relu:
-            dy = relu_ops.relu_backward(be, y, dy)
         pr, s, p, g = ctx.precision, self.stride, self.pad, self.groups // ctx.split
+        dy = output_gradient(be, dy, y, relu, pr)
         db = conv_ops.conv2d_backward_bias(be, dy)
-        dy = low_precision(be, dy, pr, "conv output gradient")
         dw = conv_ops.conv2d_backward_filter(be, x, dy, w.shape, stride=s, pad=p, groups=g,
                                              precision=pr)
         dx = (conv_ops.conv2d_backward_data(be, dy, w, x.shape, stride=s, pad=p, groups=g,

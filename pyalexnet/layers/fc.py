@@ -9,7 +9,7 @@ from ..devices import feature_slices
 from ..ops import linear as linear_ops
 from ..ops import relu as relu_ops
 from ..schema import ConfigError
-from .weights import WeightLayer, low_precision
+from .weights import WeightLayer, low_precision, output_gradient
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,11 +41,9 @@ class FC(WeightLayer):
 
     def backward(self, be, dy, cache, params, ctx, need_dx=True, relu=False):
         x_shape, x2, w, y = cache
-        if relu:
-            dy = relu_ops.relu_backward(be, y, dy)
         pr = ctx.precision
+        dy = output_gradient(be, dy, y, relu, pr)
         db = linear_ops.linear_backward_bias(be, dy)
-        dy = low_precision(be, dy, pr, "fc output gradient")
         dw = linear_ops.linear_backward_weight(be, x2, dy, precision=pr)
         dx = (linear_ops.linear_backward_data(be, dy, w, precision=pr).reshape(x_shape)
               if need_dx else None)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..ops.precision import mma_operand
+from ..ops import relu as relu_ops
+from ..ops.precision import BF16, mma_operand
 from .base import Layer
 
 
@@ -15,6 +16,15 @@ def low_precision(be, a, precision, what):
     """``a`` as the tensor-core kernels read it: bf16 bits for bf16 (converted once, so a
     pass that reuses it converts nothing again), the float32 array itself otherwise."""
     return a if precision == "fp32" else mma_operand(be, a, precision, what)
+
+
+def output_gradient(be, dy, y, relu, precision):
+    """The gradient of a layer's output as its bias gradient and its products read it:
+    through the fused ReLU (y: the output) if any, in bf16 stored as bf16 in the same pass,
+    so the bias gradient sums the values the products see (as autocast does)."""
+    if relu:
+        return relu_ops.relu_backward(be, y, dy, BF16 if precision == "bf16" else np.float32)
+    return low_precision(be, dy, precision, "output gradient")
 
 
 def bias_value(paper_value, bias_init):

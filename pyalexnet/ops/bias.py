@@ -1,10 +1,12 @@
 """Per-channel bias over axis 1 of (N, C, ...) arrays, and its gradient.
 
-Convolutions (N, K, P, Q) and fully connected layers (N, K) share it.
+Convolutions (N, K, P, Q) and fully connected layers (N, K) share it. The gradient's dy may
+be bf16 bits (uint16, ops/precision.py): the rounded gradient a bf16 layer's products read.
 """
 import numpy as np
 
 from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i32, i64
+from .precision import storage_suffix, widened
 
 KERNELS = "bias.cu"
 REDUCE_BLOCK = 256
@@ -19,7 +21,7 @@ def bias_add_reference(x, b):
 
 
 def bias_backward_reference(dy):
-    return dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    return widened(dy).sum(axis=(0,) + tuple(range(2, dy.ndim)))
 
 
 def bias_add(be, x, b):
@@ -40,6 +42,6 @@ def bias_backward(be, dy):
         return bias_backward_reference(dy)
     n, c = dy.shape[:2]
     db = be.empty((c,))
-    be.launch(KERNELS, "bias_backward", c, REDUCE_BLOCK,
+    be.launch(KERNELS, "bias_backward" + storage_suffix("bias backward: dy", dy), c, REDUCE_BLOCK,
               [dy, db, i32(n), i32(c), i64(_inner(dy.shape))])
     return db

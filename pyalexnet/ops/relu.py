@@ -1,12 +1,12 @@
 """ReLU: y = max(x, 0); the backward pass takes the output y (ReLU may run in place).
 
-x and y may be float32 or bf16 bits (uint16; ops/precision.py): y has x's storage, the
-gradients are float32.
+x and y may be float32 or bf16 bits (uint16; ops/precision.py): y has x's storage. dy is
+float32; dx float32, or bf16 (``out_dtype``) for a bf16 product that reads it next.
 """
 import numpy as np
 
 from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i64
-from .precision import storage_suffix, stored_like, widened
+from .precision import BF16, storage_suffix, stored_like, to_bf16, widened
 
 KERNELS = "relu.cu"
 
@@ -15,8 +15,9 @@ def relu_forward_reference(x):
     return stored_like(np.maximum(widened(x), 0), x)
 
 
-def relu_backward_reference(y, dy):
-    return np.where(widened(y) > 0, dy, 0).astype(dy.dtype)
+def relu_backward_reference(y, dy, out_dtype=None):
+    dx = np.where(widened(y) > 0, dy, 0).astype(dy.dtype)
+    return to_bf16(dx) if out_dtype is not None and np.dtype(out_dtype) == BF16 else dx
 
 
 def relu_forward(be, x, out=None):
@@ -36,11 +37,16 @@ def relu_forward(be, x, out=None):
     return y
 
 
-def relu_backward(be, y, dy):
-    """dx = dy where y > 0, else 0."""
+def relu_backward(be, y, dy, out_dtype=np.float32):
+    """dx = dy where y > 0, else 0; stored as ``out_dtype`` (float32, or bf16 rounded to
+    nearest even)."""
+    to = {np.dtype(np.float32): "", np.dtype(BF16): "_to_bf16"}.get(np.dtype(out_dtype))
+    if to is None:
+        raise ValueError(f"relu backward: out_dtype must be float32 or bf16 (uint16), "
+                         f"got {np.dtype(out_dtype)}")
     if not be.runs_kernels:
-        return relu_backward_reference(y, dy)
-    dx = be.empty(dy.shape)
-    be.launch(KERNELS, "relu_backward" + storage_suffix("relu backward: y", y),
+        return relu_backward_reference(y, dy, out_dtype)
+    dx = be.empty(dy.shape, dtype=out_dtype)
+    be.launch(KERNELS, "relu_backward" + storage_suffix("relu backward: y", y) + to,
               elementwise_grid(dy.size), ELEMENTWISE_BLOCK, [y, dy, dx, i64(dy.size)])
     return dx
