@@ -12,7 +12,7 @@ flushed between repeats, validated again, then the same operation is timed in Py
 the same precision (TF32 off for fp32). The claim is the ratio ours/baseline, measured in
 one run. Results go to benchmarks/results/kernels-<device>-<date>.json.
 
---precision (default: all three) adds rows "<layer> <pass> [tf32]" / "[bf16]" for every conv
+--precision (default: all three; fp32 alone with --emulated) adds rows "<layer> <pass> [tf32]" / "[bf16]" for every conv
 and FC pass: our tensor-core kernels against PyTorch with TF32 allowed (cuDNN/cuBLAS TF32)
 or on bfloat16 tensors, both converted before timing on both sides. These rows are
 validated against the exact (float64) result within the format's error bound
@@ -561,7 +561,8 @@ def run(args):
             torch = _torch
         except ImportError:
             print("PyTorch not installed: no cuDNN/cuBLAS baseline; validating against NumPy")
-    cases = Builder(be, torch, batch, scale, np.random.default_rng(0)).all(args.precision)
+    cases = Builder(be, torch, batch, scale, np.random.default_rng(0)).all(
+        args.precision or PRECISIONS)
     if args.only:
         cases = [c for c in cases if any(o in c.name for o in args.only)]
     timer = Timer(be)
@@ -714,7 +715,9 @@ def run_emulated(args):
     if measured_doc and measured_doc.get("batch") != batch:
         print(f"measured at batch {measured_doc.get('batch')}, modeled at {batch}: not compared")
         measured, measured_doc = {}, None
-    cases = Builder(be, None, batch, 1, np.random.default_rng(0)).all(args.precision)
+    # fp32 unless asked: the emulated mma's own arithmetic is not the tensor cores', so the
+    # conv/fc [tf32]/[bf16] rows model nothing real, and all rows at once need over 24 GB
+    cases = Builder(be, None, batch, 1, np.random.default_rng(0)).all(args.precision or ["fp32"])
     if args.only:
         cases = [c for c in cases if any(o in c.name for o in args.only)]
     print(f"modeled {emu_model.H200.name} at batch {batch}: counters of at most {args.blocks} blocks "
@@ -789,6 +792,40 @@ def run_emulated(args):
             "results": rows}
 
 
+def counters_table(rows):
+    """The --emulated rows as the README's Markdown table of counters."""
+    def pct(v):
+        return f"{100 * v:.0f}%" if v is not None else "–"
+
+    def num(v, f):
+        return format(v, f) if v is not None else "–"
+
+    def per(r, a, b):
+        return r[a] / r[b] if r.get(b) else None
+
+    out = ["| case | kernels (blocks) | GFLOP | DRAM MB model (min) | ld sectors/req | "
+           "st sectors/req | ld efficiency | smem wavefronts/ideal | SIMT efficiency | "
+           "barriers/block | warps/SM (limit) | model ms | H200 ms |",
+           "|" + "---|" * 13]
+    for r in rows:
+        main = max(r["launches"], key=lambda m: m["model_ms"])
+        blocks = sum(m["blocks_total"] for m in r["launches"])
+        wf = r["shared_load_wavefronts"] + r["shared_store_wavefronts"]
+        ideal = r["shared_load_ideal_wavefronts"] + r["shared_store_ideal_wavefronts"]
+        eff = per(r, "global_load_bytes", "global_load_sectors")
+        kernels = ", ".join(f"`{m['kernel']}` ({m['blocks_total']})" for m in r["launches"])
+        out.append(
+            f"| {r['name']} | {kernels} | {r['flops'] / 1e9:.1f} | {r['dram_bytes'] / 1e6:.0f} "
+            f"({r['dram_bytes_lower_bound'] / 1e6:.0f}) | "
+            f"{num(per(r, 'global_load_sectors', 'global_load_requests'), '.2f')} | "
+            f"{num(per(r, 'global_store_sectors', 'global_store_requests'), '.2f')} | "
+            f"{pct(eff and eff / 32)} | {num(wf / ideal if ideal else None, '.2f')} | "
+            f"{pct(r.get('simt_efficiency'))} | {r['barriers'] / blocks:.0f} | "
+            f"{main['warps_per_sm']} ({main['limited_by']}) | {r['model_ms']:.3f} | "
+            f"{num(r['measured_ms'], '.3f')} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default=None, help="cuda, emu or numpy (default: auto)")
@@ -798,8 +835,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     ap.add_argument("--only", nargs="*", help="run only cases whose name contains one of these")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
-    ap.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                    help="conv/FC rows per precision (default: all); tf32/bf16 use tensor cores")
+    ap.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
+                    help="conv/FC rows per precision (default: all; fp32 with --emulated); "
+                         "tf32/bf16 use tensor cores")
     ap.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/...)")
     ap.add_argument("--emulated", action="store_true",
                     help="model H200 times from the emulator's counters (needs pyalexnet._emu_profile)")
@@ -807,6 +845,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="--emulated: OS threads (default: all cores)")
     ap.add_argument("--measured", default=str(ROOT / "benchmarks" / "results" / "h200-20261130" / "kernels.json"),
                     help="--emulated: a GPU run's JSON to compare with")
+    ap.add_argument("--markdown", default=None,
+                    help="--emulated: also write the counters as a Markdown table (the README's)")
     args = ap.parse_args(argv)
     if args.emulated:
         if args.blocks < 1:
@@ -819,6 +859,9 @@ def main(argv=None):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=1))
         print(f"{summary['seconds']:.0f} s; wrote {out}")
+        if args.markdown:
+            Path(args.markdown).write_text(counters_table(summary["results"]))
+            print(f"wrote {args.markdown}")
         return 0
     print_header()
     be, batch, small, torch, results, failures, ratios = run(args)
