@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from pyalexnet.backends import BackendUnavailable, cuda_available, get_backend
+from pyalexnet.backends import BackendUnavailable, EmuBackend, cuda_available, get_backend
 
 F32_EPS = float(np.finfo(np.float32).eps)
 
@@ -37,6 +37,22 @@ def _make(spec):
         return get_backend("emu", order=order, seed=1234, check_bounds=order == "random")
     except BackendUnavailable as e:
         pytest.fail(str(e))
+
+
+@pytest.fixture(params=["forward", "reverse", "random", "cuda"],
+                ids=["emu-forward", "emu-reverse", "emu-random", "cuda"])
+def checked_backend(request):
+    """Like kernel_backend, with the reverse order too and bounds checking on in every
+    emulator order (the test suite's build, tests/kernels/ included)."""
+    from emu_builds import selftest_build
+    name = "cuda" if request.param == "cuda" else "emu"
+    if name not in _wanted():
+        pytest.skip(f"{name} not in PYALEXNET_TEST_BACKENDS")
+    if request.param == "cuda":
+        if not cuda_available():
+            pytest.skip("cuda backend: no CuPy or no GPU on this machine")
+        return get_backend("cuda")
+    return EmuBackend(order=request.param, seed=99, check_bounds=True, module=selftest_build())
 
 
 @pytest.fixture(params=KERNEL_BACKENDS)

@@ -18,7 +18,7 @@ import pytest
 from conftest import _wanted
 from emu_builds import selftest_build
 
-from pyalexnet.backends import EmuBackend, cuda_available, get_backend
+from pyalexnet.backends import EmuBackend, get_backend
 from pyalexnet.ops import conv, conv_mma, linear
 from pyalexnet.ops.precision import (
     UNIT_ROUNDOFF, convert_from_bf16, convert_to_bf16, from_bf16, operand, reduction_error_bound,
@@ -30,19 +30,9 @@ SLOW_ON = os.environ.get("PYALEXNET_SLOW_TESTS", "0") not in ("", "0")
 SLOW = pytest.mark.skipif(not SLOW_ON, reason="minutes on the emulator; set PYALEXNET_SLOW_TESTS=1")
 
 
-@pytest.fixture(params=["forward", "reverse", "random", "cuda"],
-                ids=["emu-forward", "emu-reverse", "emu-random", "cuda"])
-def be(request):
-    """Like conftest's kernel_backend, with the reverse order too and bounds checking on in
-    every emulator order."""
-    name = "cuda" if request.param == "cuda" else "emu"
-    if name not in _wanted():
-        pytest.skip(f"{name} not in PYALEXNET_TEST_BACKENDS")
-    if request.param == "cuda":
-        if not cuda_available():
-            pytest.skip("cuda backend: no CuPy or no GPU on this machine")
-        return get_backend("cuda")
-    return EmuBackend(order=request.param, seed=99, check_bounds=True, module=selftest_build())
+@pytest.fixture
+def be(checked_backend):
+    return checked_backend
 
 
 @pytest.fixture
