@@ -12,9 +12,10 @@ flushed between repeats, validated again, then the same operation is timed in Py
 the same precision (TF32 off for fp32). The claim is the ratio ours/baseline, measured in
 one run. Results go to benchmarks/results/kernels-<device>-<date>.json.
 
---precision (default: all three; fp32 alone with --emulated) adds rows "<layer> <pass> [tf32]" / "[bf16]" for every conv
-and FC pass: our tensor-core kernels against PyTorch with TF32 allowed (cuDNN/cuBLAS TF32)
-or on bfloat16 tensors, both converted before timing on both sides. These rows are
+--precision (default: all three; fp32 alone with --emulated) adds rows "<layer> <pass>
+[tf32]" / "[bf16]" for every conv and FC pass: our tensor-core kernels against PyTorch
+with TF32 allowed (cuDNN/cuBLAS TF32) or on bfloat16 tensors, both converted before timing
+on both sides. These rows are
 validated against the exact (float64) result within the format's error bound
 (ops/precision.py, reduction_error_bound) and report their share of the tensor-core peak.
 With bf16, the memory-bound layers between the convolutions (LRN, max-pool, ReLU) get
@@ -390,7 +391,8 @@ class Builder:
         return (lambda: fn(T(x))), (lambda: self.torch.autograd.grad(yt, xt, dyt, retain_graph=True)[0])
 
     def storage(self, x, precision):
-        """A memory-bound row's input as stored in `precision` (bf16 bits for bf16), its
+        """A memory-bound row's input x (float32; PyTorch's, made bfloat16 by torch_views) as
+        our kernels take it in `precision` (bf16 bits for bf16), its
         float64 values, the " [bf16]" name tag, the bytes per element, and the Case fields
         that validate a bf16 row: within the format's bound of the float64 reference on
         the same (rounded) inputs, over `reduction` terms."""
@@ -405,17 +407,18 @@ class Builder:
         # PyTorch's LRN divides alpha by n: compare like with like.
         be, args = self.be, dict(size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=True)
         c = self.ch(c)
-        x, dy = self.arr(self.batch, c, h, h, std=30.0), self.arr(self.batch, c, h, h)
-        x, X, tag, sb, check = self.storage(x, precision)
+        x32, dy = self.arr(self.batch, c, h, h, std=30.0), self.arr(self.batch, c, h, h)
+        x, X, tag, sb, check = self.storage(x32, precision)
         y, scale = lrn.lrn_forward(be, x, **args)
         DY = self.host64(dy)
         fwd, bwd = self.autograd_pair(
-            lambda a: self.torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0), x, dy,
-            self.torch_views(precision))
+            lambda a: self.torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0), x32,
+            dy, self.torch_views(precision))
 
         def ref_backward():  # on the y the kernel reads (stored: bf16-rounded in bf16)
-            ss = lrn.lrn_forward_reference(X, **args)[1]
-            return lrn.lrn_backward_reference(X, widened(be.to_numpy(y)).astype(np.float64), ss, DY, **args)
+            Y = widened(be.to_numpy(y)).astype(np.float64)
+            return lrn.lrn_backward_reference(X, Y, lrn.lrn_forward_reference(X, **args)[1], DY,
+                                              **args)
 
         shape, n = f"x{tuple(x.shape)} n5", float(x.size)
         forward = self.reference(lambda: lrn.lrn_forward_reference(X, **args)[0])
@@ -432,12 +435,13 @@ class Builder:
 
     def pool(self, name, c, h, precision="fp32"):
         be = self.be
-        x, X, tag, sb, check = self.storage(self.arr(self.batch, self.ch(c), h, h), precision)
+        x32 = self.arr(self.batch, self.ch(c), h, h)
+        x, X, tag, sb, check = self.storage(x32, precision)
         y = pool.maxpool_forward(be, x, 3, 2)
         dy = self.arr(*y.shape)
         DY = self.host64(dy)
-        fwd, bwd = self.autograd_pair(lambda a: self.torch.nn.functional.max_pool2d(a, 3, 2), x, dy,
-                                      self.torch_views(precision))
+        fwd, bwd = self.autograd_pair(lambda a: self.torch.nn.functional.max_pool2d(a, 3, 2), x32,
+                                      dy, self.torch_views(precision))
         shape = f"x{tuple(x.shape)} 3x3 s2"
         forward = self.reference(lambda: pool.maxpool_forward_reference(X, 3, 2))
         backward = self.reference(lambda: pool.maxpool_backward_reference(
@@ -458,11 +462,12 @@ class Builder:
 
     def relu(self, precision="fp32"):
         be = self.be
-        x, X, tag, sb, check = self.storage(self.arr(self.batch, self.ch(96), 55, 55), precision)
+        x32 = self.arr(self.batch, self.ch(96), 55, 55)
+        x, X, tag, sb, check = self.storage(x32, precision)
         dy = self.arr(*x.shape)
         y = relu.relu_forward(be, x)
         DY = self.host64(dy)
-        fwd, bwd = self.autograd_pair(lambda a: self.torch.relu(a), x, dy,
+        fwd, bwd = self.autograd_pair(lambda a: self.torch.relu(a), x32, dy,
                                       self.torch_views(precision))
         shape, n = f"x{tuple(x.shape)}", float(x.size)
         forward = self.reference(lambda: relu.relu_forward_reference(X))
