@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyalexnet.backends import get_backend  # noqa: E402
+from pyalexnet.backends import BackendUnavailable, get_backend  # noqa: E402
 from pyalexnet.config import load_config  # noqa: E402
 from pyalexnet.graphs import GraphedStep  # noqa: E402
 from pyalexnet.net import Net  # noqa: E402
@@ -159,9 +159,13 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    be = get_backend(args.backend)
-    net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0, bias_init="caffe",
-              precision=args.precision)
+    try:
+        be = get_backend(args.backend)
+        net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0,
+                  bias_init="caffe", precision=args.precision)
+    except (FileNotFoundError, ValueError, KeyError, BackendUnavailable) as e:
+        print(f"bench_alexnet.py: error: {e}", file=sys.stderr)
+        return 2
     batches = generated_batches(args.pool, args.batch, net.config.crop_size,
                                 net.config.num_classes, seed=1)
     torch = twin = device = None

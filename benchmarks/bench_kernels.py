@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyalexnet.backends import get_backend  # noqa: E402
+from pyalexnet.backends import BackendUnavailable, get_backend  # noqa: E402
 from pyalexnet.ops import conv, dropout, linear, lrn, pool, relu, sgd, softmax  # noqa: E402
 from pyalexnet.ops.precision import (PRECISIONS, reduction_error_bound, to_bf16,  # noqa: E402
                                      widened)
@@ -551,7 +551,11 @@ class Builder:
 
 
 def run(args):
-    be = get_backend(args.backend)
+    try:
+        be = get_backend(args.backend)
+    except (ValueError, BackendUnavailable) as e:
+        print(f"bench_kernels.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     gpu = be.name == "cuda"
     small = args.small or not gpu
     batch = args.batch or (2 if small else 128)
@@ -574,6 +578,7 @@ def run(args):
     peak = next((v for k, v in PEAKS.items() if gpu and k in device_name(be)), None)
     tc_peak = next((v for k, v in TC_PEAKS.items() if gpu and k in device_name(be)), None)
     results, failures = [], []
+    print_header()
     for c in cases:
         # validate before timing ...
         first = be.to_numpy(c.ours())
@@ -868,7 +873,6 @@ def main(argv=None):
             Path(args.markdown).write_text(counters_table(summary["results"]))
             print(f"wrote {args.markdown}")
         return 0
-    print_header()
     be, batch, small, torch, results, failures, ratios = run(args)
     name = device_name(be)
     stamp = datetime.datetime.now(datetime.timezone.utc)
