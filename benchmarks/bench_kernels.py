@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pyalexnet.backends import BackendUnavailable, get_backend  # noqa: E402
-from pyalexnet.ops import conv, dropout, linear, lrn, pool, relu, sgd, softmax  # noqa: E402
+from pyalexnet.ops import bias, conv, dropout, linear, lrn, pool, relu, sgd, softmax  # noqa: E402
 from pyalexnet.ops.precision import (PRECISIONS, reduction_error_bound, to_bf16,  # noqa: E402
                                      widened)
 
@@ -63,6 +63,8 @@ CONVS = [("conv1", 3, 227, 96, 11, 4, 0, 1), ("conv2", 96, 27, 256, 5, 1, 2, 2),
 FCS = [("fc6", 9216, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]
 LRNS = [("lrn1", 96, 55), ("lrn2", 256, 27)]
 POOLS = [("pool1", 96, 55), ("pool2", 256, 27), ("pool3", 256, 13)]
+# conv output gradients: 96 channels (fewer than the SMs: bias backward v2's case) and 256
+BIASES = [("conv1", 96, 55), ("conv2", 256, 27)]
 
 
 @dataclass
@@ -480,6 +482,18 @@ class Builder:
                  **check(1, backward)),
         ]
 
+    def bias(self, name, c, h):
+        """The bias gradient of a conv layer's output, per version."""
+        be = self.be
+        dy = self.arr(self.batch, self.ch(c), h, h)
+        DY = self.host64(dy)
+        return [Case(f"{name} bias backward v{v}", f"dy{tuple(dy.shape)}", bytes=float(dy.nbytes),
+                     ours=lambda v=v: bias.bias_backward(be, dy, version=v),
+                     baseline=self.timed(lambda T: T(dy).sum((0, 2, 3))),
+                     replaces=f"{name} bias backward v{v - 1}" if v > 1 else "",
+                     expected=self.reference(lambda: bias.bias_backward_reference(DY)))
+                for v in bias.BACKWARD_VERSIONS]
+
     def dropout(self):
         be, torch = self.be, self.torch
         x = self.arr(self.batch, self.ch(4096))
@@ -547,6 +561,8 @@ class Builder:
             for spec in POOLS:
                 cases += self.pool(*spec, precision=pr)
             cases += self.relu(precision=pr)
+        for spec in BIASES:
+            cases += self.bias(*spec)
         return cases + self.dropout() + self.softmax() + self.sgd()
 
 

@@ -4,6 +4,8 @@ import numpy as np
 ELEMENTWISE_BLOCK = 256
 # Enough blocks to fill any GPU; grid-stride loops cover larger arrays.
 ELEMENTWISE_MAX_BLOCKS = 8192
+TARGET_SMS = 132       # H200. Kernel choices depend on shapes only, never on the device, so
+                       # every backend runs (and tests) the same kernels and split counts.
 
 
 def elementwise_grid(n: int, block: int = ELEMENTWISE_BLOCK) -> int:

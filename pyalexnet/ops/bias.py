@@ -5,11 +5,13 @@ be bf16 bits (uint16, ops/precision.py): the rounded gradient a bf16 layer's pro
 """
 import numpy as np
 
-from ._launch import ELEMENTWISE_BLOCK, elementwise_grid, i32, i64
+from ._launch import ELEMENTWISE_BLOCK, TARGET_SMS, ceil_div, elementwise_grid, i32, i64
 from .precision import storage_suffix, widened
 
 KERNELS = "bias.cu"
 REDUCE_BLOCK = 256
+BACKWARD_VERSIONS = (1, 2)
+SPLIT_BLOCKS = 4 * TARGET_SMS  # v2 cuts the images into chunks until about this many blocks
 
 
 def _inner(shape):
@@ -36,12 +38,37 @@ def bias_add(be, x, b):
     return x
 
 
-def bias_backward(be, dy):
-    """db[c] = sum of dy over every axis but 1 (deterministic)."""
+def backward_splits(shape):
+    """How many chunks of images bias_backward v2 cuts a (N, C, ...) gradient into: enough
+    blocks for the GPU (SPLIT_BLOCKS), from the shape alone (every backend the same)."""
+    n, c = shape[:2]
+    return max(1, min(n, ceil_div(SPLIT_BLOCKS, max(c, 1))))
+
+
+def bias_backward(be, dy, version=None):
+    """db[c] = sum of dy over every axis but 1 (deterministic).
+
+    version 1 (the default): one block per channel; 2: blocks per channel and chunk of
+    images, then their partial sums added in fixed order, for fewer channels than SMs
+    (conv1's 96 leave v1's SMs idle). v2 adds in another order, so it stays opt-in until a
+    GPU has timed both (the golden runs would be re-recorded with the switch)."""
+    if version is not None and version not in BACKWARD_VERSIONS:
+        raise ValueError(f"bias backward version must be one of {BACKWARD_VERSIONS}, "
+                         f"got {version!r}")
     if not be.runs_kernels:
         return bias_backward_reference(dy)
     n, c = dy.shape[:2]
+    suffix = storage_suffix("bias backward: dy", dy)
     db = be.empty((c,))
-    be.launch(KERNELS, "bias_backward" + storage_suffix("bias backward: dy", dy), c, REDUCE_BLOCK,
-              [dy, db, i32(n), i32(c), i64(_inner(dy.shape))])
+    if version != 2:
+        be.launch(KERNELS, "bias_backward" + suffix, c, REDUCE_BLOCK,
+                  [dy, db, i32(n), i32(c), i64(_inner(dy.shape))])
+        return db
+    chunk = ceil_div(n, backward_splits(dy.shape))
+    splits = ceil_div(n, chunk)  # no empty chunk
+    partial = be.empty((splits * c,))
+    be.launch(KERNELS, "bias_backward_v2" + suffix, (c, splits), REDUCE_BLOCK,
+              [dy, partial, i32(n), i32(c), i64(_inner(dy.shape)), i32(chunk)])
+    be.launch(KERNELS, "bias_backward_reduce", elementwise_grid(c), ELEMENTWISE_BLOCK,
+              [partial, db, i32(c), i32(splits)])
     return db

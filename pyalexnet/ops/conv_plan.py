@@ -9,7 +9,7 @@ import operator
 import numpy as np
 
 from . import winograd
-from ._launch import ceil_div, i32, require_float32, waves
+from ._launch import TARGET_SMS, ceil_div, i32, require_float32, waves
 from .linear import SPLIT_BYTES_PER_US as HBM_BYTES_PER_US  # partials: written, read once
 
 MAX_GRID_YZ = 65535
@@ -20,8 +20,6 @@ TILES = ((128, 64), (128, 128), (64, 128), (64, 64))  # (rows BM, columns BN) pe
 # at batch 128 (128x64 ran as fast as 128x128; the first of equal-cost tiles wins). They
 # only ever change speed.
 TILE_SPEED = {(128, 64): 1.0, (128, 128): 1.0, (64, 128): 0.8, (64, 64): 0.7}
-TARGET_SMS = 132       # H200. Kernel choices depend on shapes only, never on the device, so
-                       # every backend runs (and tests) the same kernels and split counts.
 SPLIT_BLOCKS = 4 * TARGET_SMS  # filter gradient: aim for this many blocks...
 MIN_SPLIT = 512                # ...but give each split at least this much reduction
 # Filter gradient, version 2 (version=2): tiles whose __launch_bounds__ guarantee these
