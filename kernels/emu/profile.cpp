@@ -277,6 +277,7 @@ void block_begin(int nthreads) {
   W.nthreads = nthreads;
   W.occurrences.clear();
   W.pending.clear();
+  W.lane_runs.clear();  // a block that faulted never reached block_end
   W.on = true;
 }
 
