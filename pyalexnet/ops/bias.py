@@ -58,7 +58,7 @@ def bias_backward(be, dy, version=None):
     if not be.runs_kernels:
         return bias_backward_reference(dy)
     n, c = dy.shape[:2]
-    suffix = storage_suffix("bias backward: dy", dy)
+    suffix = storage_suffix("bias backward", dy, "dy")
     db = be.empty((c,))
     if version != 2:
         be.launch(KERNELS, "bias_backward" + suffix, c, REDUCE_BLOCK,

@@ -29,9 +29,7 @@ def copy_channels(be, src, dst, src_start, dst_start, channels):
     if not be.runs_kernels:
         d[:, dst_start:dst_start + channels] = s[:, src_start:src_start + channels]
         return dst
-    suffix = storage_suffix("copy_channels: src", src)
-    if dst.dtype != src.dtype:
-        raise TypeError(f"copy_channels: dst must have src's dtype {src.dtype}, got {dst.dtype}")
+    suffix = storage_suffix("copy_channels", src, "src", dst=dst)
     total = s.shape[0] * channels * s.shape[2]
     if total:
         be.launch(KERNELS, "copy_channels" + suffix, elementwise_grid(total), ELEMENTWISE_BLOCK,

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._launch import (ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, f32, i32, i64,
-                      require_float32, waves)
+from ._launch import (ELEMENTWISE_BLOCK, TARGET_SMS, ceil_div, elementwise_grid, f32, i32,
+                      i64, require_float32, waves)
 from .bias import bias_add, bias_backward
 from .precision import check_precision, mma_operand, operand
 
@@ -45,7 +45,7 @@ AUTO_TILES = ("128", "64", "8")  # what the cost model chooses among
 # nn twins) keep the cost model's tile, whose arithmetic intensity is twice 64k's.
 NT_SMALL_OUTPUTS = 128 * 1024
 SPLIT_BYTES_PER_US = 3.0e6  # split-K partials: written once, read once by the reduction
-DEFAULT_SMS = 132  # H200; used to plan on backends that have no device to ask (emu)
+DEFAULT_SMS = TARGET_SMS  # used to plan on backends that have no device to ask (emu)
 MIN_SPLIT_K = 128  # at least this much K per split
 MAX_SPLITS = 32
 MAX_GRID_Y = 65535

@@ -117,7 +117,7 @@ def lrn_forward(be, x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=False)
     _check_4d("x", x)
     if not be.runs_kernels:
         return lrn_forward_reference(x, size, alpha, beta, k, alpha_over_n)
-    suffix = storage_suffix("LRN x", x)
+    suffix = storage_suffix("LRN", x)
     y, scale = be.empty(x.shape, dtype=x.dtype), be.empty(x.shape)
     if x.size == 0:
         return y, scale
@@ -137,9 +137,7 @@ def lrn_backward(be, x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
         _check_4d(what, arr, x.shape)
     if not be.runs_kernels:
         return lrn_backward_reference(x, y, scale, dy, size, alpha, beta, k, alpha_over_n)
-    suffix = storage_suffix("LRN x", x)
-    if y.dtype != x.dtype:
-        raise TypeError(f"LRN y must have x's dtype {x.dtype}, got {y.dtype}")
+    suffix = storage_suffix("LRN", x, y=y)
     for what, arr in (("scale", scale), ("dy", dy)):
         require_float32(f"LRN {what}", arr)
     dx = be.empty(x.shape)

@@ -82,20 +82,12 @@ def _check_shape(what, a, shape):
         raise ValueError(f"max-pool {what} has shape {a.shape}, expected {tuple(shape)}")
 
 
-def _storage(x, y=None):
-    """The kernel-name suffix of x's storage; y, if given, must be stored as x is."""
-    suffix = storage_suffix("max-pool x", x)
-    if y is not None and y.dtype != x.dtype:
-        raise TypeError(f"max-pool y must have x's dtype {x.dtype}, got {y.dtype}")
-    return suffix
-
-
 def maxpool_forward(be, x, kernel=3, stride=2):
     """y[n, c, p, q] = max of x[n, c, p*stride : p*stride+kernel, q*stride : q*stride+kernel]."""
     shape = maxpool_output_shape(x.shape, kernel, stride)
     if not be.runs_kernels:
         return maxpool_forward_reference(x, kernel, stride)
-    suffix = _storage(x)
+    suffix = storage_suffix("max-pool", x)
     y = be.empty(shape, dtype=x.dtype)
     if y.size:
         n, c, h, w = x.shape
@@ -146,7 +138,7 @@ def maxpool_backward(be, x, y, dy, kernel=3, stride=2, version=None):
         return maxpool_backward_reference(x, y, dy, kernel, stride)
     _check_shape("y", y, shape)
     _check_shape("dy", dy, shape)
-    suffix = _storage(x, y)
+    suffix = storage_suffix("max-pool", x, y=y)
     require_float32("max-pool dy", dy)
     tiles = backward_v2_tiles(x.shape, kernel, stride) if version != 1 else None
     if version == 2 and tiles is None:

@@ -58,14 +58,17 @@ def activation_dtype(precision):
     return BF16 if check_precision(precision) == "bf16" else np.float32
 
 
-def storage_suffix(what, a):
+def storage_suffix(op, a, name="x", **same):
     """The kernel-name suffix of an activation's storage (kernels/storage.cuh): "" for
-    float32, "_bf16" for bf16 bits (uint16)."""
-    if a.dtype == np.float32:
-        return ""
-    if a.dtype == BF16:
-        return "_bf16"
-    raise TypeError(f"{what} must be float32 or bf16 (uint16) for the kernels, got {a.dtype}")
+    float32, "_bf16" for bf16 bits (uint16). ``a`` is the op's argument ``name``; the
+    arrays in ``same`` (argument name=array) must be stored as it is."""
+    if a.dtype not in (np.float32, BF16):
+        raise TypeError(f"{op}: {name} must be float32 or bf16 (uint16) for the kernels, "
+                        f"got {a.dtype}")
+    for other, b in same.items():
+        if b.dtype != a.dtype:
+            raise TypeError(f"{op}: {other} must have {name}'s dtype {a.dtype}, got {b.dtype}")
+    return "" if a.dtype == np.float32 else "_bf16"
 
 
 def widened(x):

@@ -28,10 +28,8 @@ def relu_forward(be, x, out=None):
             out[...] = y
             return out
         return y
-    suffix = storage_suffix("relu: x", x)
     y = be.empty(x.shape, dtype=x.dtype) if out is None else out
-    if y.dtype != x.dtype:
-        raise TypeError(f"relu: out must have x's dtype {x.dtype}, got {y.dtype}")
+    suffix = storage_suffix("relu", x, out=y)
     be.launch(KERNELS, "relu_forward" + suffix, elementwise_grid(x.size), ELEMENTWISE_BLOCK,
               [x, y, i64(x.size)])
     return y
@@ -47,6 +45,6 @@ def relu_backward(be, y, dy, out_dtype=np.float32):
     if not be.runs_kernels:
         return relu_backward_reference(y, dy, out_dtype)
     dx = be.empty(dy.shape, dtype=out_dtype)
-    be.launch(KERNELS, "relu_backward" + storage_suffix("relu backward: y", y) + to,
+    be.launch(KERNELS, "relu_backward" + storage_suffix("relu backward", y, "y") + to,
               elementwise_grid(dy.size), ELEMENTWISE_BLOCK, [y, dy, dx, i64(dy.size)])
     return dx
