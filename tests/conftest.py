@@ -74,17 +74,19 @@ def rng():
     return np.random.default_rng(20121203)
 
 
-def assert_matches_reference(actual, reference, reduction=1, what="result"):
+def assert_matches_reference(actual, reference, reduction=1, what="result", rounds=1):
     """float32 kernel output against a float64 reference.
 
     Tolerance: atol + rtol*|ref| with rtol = 16 eps32 sqrt(reduction length) and atol the
-    same fraction of the reference's largest magnitude (sums of mixed signs cancel).
+    same fraction of the reference's largest magnitude (sums of mixed signs cancel); times
+    ``rounds`` for results of that many dependent rounds of such sums (training steps: each
+    step's rounding differences carry into the next through the weights and momentum).
     """
     actual = np.asarray(actual, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     assert actual.shape == reference.shape, f"{what}: shape {actual.shape} != {reference.shape}"
     assert np.all(np.isfinite(actual)), f"{what}: non-finite values in the kernel output"
-    rtol = 16 * F32_EPS * max(1, reduction) ** 0.5
+    rtol = 16 * F32_EPS * max(1, reduction) ** 0.5 * max(1, rounds)
     atol = rtol * (np.max(np.abs(reference)) if reference.size else 0)
     err = np.abs(actual - reference) - (atol + rtol * np.abs(reference))
     if err.size and err.max() > 0:

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch", reason="the distributed extra (pip install 
                                             "not installed")
 
 BATCH = 16
+MAX_POSITIONS = 32 * 32  # the largest conv output map of cifar-small and cifar-towers
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,10 @@ def assert_same_weights(a, b):
         pa, pb = getattr(ca, part), getattr(cb, part)
         assert sorted(pa) == sorted(pb)
         for k in pa:
-            # the gradients are sums over the global batch, added up in another order
-            assert_matches_reference(pa[k], pb[k], reduction=BATCH, what=f"{part} {k}")
+            # the gradients are sums over the global batch, and for a conv layer's weights
+            # over its output positions too, added up in another order, step after step
+            assert_matches_reference(pa[k], pb[k], reduction=BATCH * MAX_POSITIONS,
+                                     rounds=ca.step, what=f"{part} {k}")
 
 
 @pytest.mark.parametrize("config,devices,parallel", [

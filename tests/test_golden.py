@@ -8,9 +8,12 @@ with the ones recorded in tests/golden/. The recording was made before the archi
 refactor (one class per layer, one engine); refactors must keep them bit-identical.
 
 Recording is deliberate, never automatic: ``python tests/test_golden.py --record``.
-The comparison is exact where the recording machine's NumPy and BLAS build is the one
-running (NumPy's matmul may round differently under another BLAS build); elsewhere it is
-to float32 rounding.
+The comparison is exact where the recording machine's NumPy, BLAS build and BLAS kernels
+(OpenBLAS picks them per CPU: threadpoolctl names them) are the ones running; elsewhere
+NumPy's matmul rounds differently, 20 steps amplify that, and each tensor must be within
+RELATIVE_NORM of the recording. Seen between OpenBLAS's Haswell kernels and the first
+recording machine's: 1.1e-5 for the weights (cifar-small's conv1 bias) and 9.4e-4 for the
+momentum (conv1's weights), which holds only the last steps' gradients.
 """
 import json
 import os
@@ -23,6 +26,7 @@ import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 STEPS = 20
+RELATIVE_NORM = {"param": 1e-4, "velocity": 1e-2}  # ||got - recorded|| / ||recorded||
 # (config, backend, devices)
 CASES = [("cifar-small", "numpy", 1), ("cifar-small", "emu", 1),
          ("cifar-towers", "numpy", 1), ("cifar-towers", "numpy", 2),
@@ -87,8 +91,10 @@ def test_weights_after_20_steps_are_unchanged(case, data_root, tmp_path, capsys)
         if exact:
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{case_id(case)} {k}")
         else:
-            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6,
-                                       err_msg=f"{case_id(case)} {k} (other BLAS: tolerance)")
+            diff = np.linalg.norm(got[k].astype(np.float64) - want[k])
+            bound = RELATIVE_NORM[k.split("/")[0]] * np.linalg.norm(want[k].astype(np.float64))
+            assert diff <= bound, \
+                f"{case_id(case)} {k}: off by {diff:.3g} in norm (another BLAS: tolerance)"
 
 
 def record():
