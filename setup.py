@@ -63,7 +63,8 @@ ParallelCompile("PYALEXNET_BUILD_JOBS", default=2).install()
 emu = Pybind11Extension(
     "pyalexnet._emu",
     sources=[emu_build.generate_unit(emu_build.product_kernels(), GENERATED / "emu_kernels.cpp")
-             .relative_to(ROOT).as_posix(), "kernels/emu/runtime.cpp", "kernels/emu/module.cpp"],
+             .relative_to(ROOT).as_posix(),
+             *[f"kernels/emu/{f}" for f in emu_build.RUNTIME_SOURCES], "kernels/emu/module.cpp"],
     include_dirs=[str(KERNELS), str(KERNELS / "emu")],
     # Editing any kernel or emulator header must rebuild: the generated unit includes them.
     depends=[p.relative_to(ROOT).as_posix() for p in sorted(KERNELS.rglob("*"))

@@ -741,8 +741,7 @@ def run_emulated(args):
     if measured_doc and measured_doc.get("batch") != batch:
         print(f"measured at batch {measured_doc.get('batch')}, modeled at {batch}: not compared")
         measured, measured_doc = {}, None
-    # fp32 unless asked: the emulated mma's own arithmetic is not the tensor cores', so the
-    # conv/fc [tf32]/[bf16] rows model nothing real, and all rows at once need over 24 GB
+    # fp32 unless asked: all precisions at once need over 24 GB
     cases = Builder(be, None, batch, 1, np.random.default_rng(0)).all(args.precision or ["fp32"])
     if args.only:
         cases = [c for c in cases if any(o in c.name for o in args.only)]
@@ -751,7 +750,7 @@ def run_emulated(args):
           f"{args.measured if measured else 'none'}")
     print(f"{'case':28s} {'model ms':>9s} {'H200 ms':>9s} {'mod/meas':>8s} {'bound':>6s} "
           f"{'GFLOP':>8s} {'DRAM MB':>8s} {'ld sec/req':>10s} {'st sec/req':>10s} {'gld eff':>7s} "
-          f"{'smem wf/ideal':>13s} {'SIMT eff':>8s} {'warps/SM':>8s} {'blocks':>12s}")
+          f"{'smem wf/ideal':>13s} {'SIMT eff':>8s} {'warps/SM':>8s} {'blocks':>12s} {'TC %peak':>8s}")
     rows = []
     for c in cases:
         be.profiles.clear()
@@ -763,13 +762,16 @@ def run_emulated(args):
             "shared_load_wavefronts", "shared_store_wavefronts", "shared_load_ideal_wavefronts",
             "shared_store_ideal_wavefronts", "dram_bytes", "dram_bytes_lower_bound", "flops",
             "barriers", "atomics_global", "atomics_shared", "thread_instructions",
-            "warp_instructions")}
+            "warp_instructions", "mma_tf32", "mma_bf16", "tensor_flops_tf32", "tensor_flops_bf16")}
         model_ms = 1e3 * sum(m["seconds"] for m in launches)
         main = max(launches, key=lambda m: m["seconds"])
         meas = measured.get(c.name)
+        # the tensor-core share of peak: the time its mma FLOPs need at the dense peak
+        at_peak = tot["tensor_flops_tf32"] / dev.tf32_flops + tot["tensor_flops_bf16"] / dev.bf16_flops
         row = {"name": c.name, "shape": c.shape, "model_ms": model_ms, "measured_ms": meas,
                "ratio": model_ms / meas if meas else None, "bound": main["bound"],
                "memory_bound_op": not c.flops, **tot,
+               "tensor_share_of_peak": 1e3 * at_peak / model_ms if at_peak else None,
                "launches": [{"kernel": p["kernel"], "grid": p["grid"], "block": p["block"],
                              "blocks_run": p["blocks_run"], "blocks_total": p["blocks_total"],
                              "model_ms": 1e3 * m["seconds"], "bound": m["bound"],
@@ -791,12 +793,13 @@ def run_emulated(args):
         simt = per("thread_instructions", "warp_instructions")
         row["simt_efficiency"] = simt and simt / 32
         print(f"{c.name:28s} {model_ms:9.3f} {fmt(meas, '9.3f')} {fmt(row['ratio'], '8.2f')} "
-              f"{main['bound']:>6s} {tot['flops'] / 1e9:8.1f} {tot['dram_bytes'] / 1e6:8.1f} "
+              f"{main['bound']:>6s} {all_flops(tot) / 1e9:8.1f} {tot['dram_bytes'] / 1e6:8.1f} "
               f"{fmt(per('global_load_sectors', 'global_load_requests'), '10.2f')} "
               f"{fmt(per('global_store_sectors', 'global_store_requests'), '10.2f')} "
               f"{fmt(eff and 100 * eff / 32, '6.0f')}% "
               f"{fmt(wf / ideal if ideal else None, '13.2f')} "
-              f"{fmt(simt and 100 * simt / 32, '7.0f')}% {main['warps_per_sm']:8d} {blocks:>12s}",
+              f"{fmt(simt and 100 * simt / 32, '7.0f')}% {main['warps_per_sm']:8d} {blocks:>12s} "
+              f"{fmt(row['tensor_share_of_peak'] and 100 * row['tensor_share_of_peak'], '7.0f')}%",
               flush=True)
     both = [r for r in rows if r["measured_ms"]]
     rho = emu_model.spearman([r["model_ms"] for r in both], [r["measured_ms"] for r in both]) if len(both) > 2 else None
@@ -818,6 +821,11 @@ def run_emulated(args):
             "results": rows}
 
 
+def all_flops(counters):
+    """FP32 FLOPs of the CUDA cores plus the tensor cores' (None counts as 0)."""
+    return sum(counters.get(k) or 0.0 for k in ("flops", "tensor_flops_tf32", "tensor_flops_bf16"))
+
+
 def counters_table(rows):
     """The --emulated rows as the README's Markdown table of counters."""
     def pct(v):
@@ -829,10 +837,11 @@ def counters_table(rows):
     def per(r, a, b):
         return r[a] / r[b] if r.get(b) else None
 
+    tc = any(r.get("tensor_share_of_peak") for r in rows)  # a column only where mma ran
     out = ["| case | kernels (blocks) | GFLOP | DRAM MB model (min) | ld sectors/req | "
            "st sectors/req | ld efficiency | smem wavefronts/ideal | SIMT efficiency | "
-           "barriers/block | warps/SM (limit) | model ms | H200 ms |",
-           "|" + "---|" * 13]
+           "barriers/block | warps/SM (limit) | model ms | " + ("tensor-core share of peak | " if tc else "")
+           + "H200 ms |", "|" + "---|" * (14 if tc else 13)]
     for r in rows:
         main = max(r["launches"], key=lambda m: m["model_ms"])
         blocks = sum(m["blocks_total"] for m in r["launches"])
@@ -841,14 +850,15 @@ def counters_table(rows):
         eff = per(r, "global_load_bytes", "global_load_sectors")
         kernels = ", ".join(f"`{m['kernel']}` ({m['blocks_total']})" for m in r["launches"])
         out.append(
-            f"| {r['name']} | {kernels} | {r['flops'] / 1e9:.1f} | {r['dram_bytes'] / 1e6:.0f} "
+            f"| {r['name']} | {kernels} | {all_flops(r) / 1e9:.1f} | {r['dram_bytes'] / 1e6:.0f} "
             f"({r['dram_bytes_lower_bound'] / 1e6:.0f}) | "
             f"{num(per(r, 'global_load_sectors', 'global_load_requests'), '.2f')} | "
             f"{num(per(r, 'global_store_sectors', 'global_store_requests'), '.2f')} | "
             f"{pct(eff and eff / 32)} | {num(wf / ideal if ideal else None, '.2f')} | "
             f"{pct(r.get('simt_efficiency'))} | {r['barriers'] / blocks:.0f} | "
             f"{main['warps_per_sm']} ({main['limited_by']}) | {r['model_ms']:.3f} | "
-            f"{num(r['measured_ms'], '.3f')} |")
+            + (f"{pct(r.get('tensor_share_of_peak'))} | " if tc else "")
+            + f"{num(r['measured_ms'], '.3f')} |")
     return "\n".join(out) + "\n"
 
 

@@ -11,8 +11,8 @@ The model, per launch:
   * occupancy from registers, shared memory and block size (sm_90 limits), and the tail of
     the last wave of blocks;
   * time = max(DRAM / copy bandwidth / latency hiding, L2 sectors / L2 bandwidth,
-    shared wavefronts / (SMs * clock), FLOPs / FP32 peak / latency hiding) / tail
-    + a fixed launch cost.
+    shared wavefronts / (SMs * clock), FLOPs / FP32 peak / latency hiding, tensor-core FLOPs
+    / their dense peak / latency hiding) / tail + a fixed launch cost.
 Every constant below is a datasheet value or an assumption, named as such.
 """
 from __future__ import annotations
@@ -34,6 +34,10 @@ class Device:
     sms: int = 132                  # datasheet (H200 SXM)
     clock_hz: float = 1.98e9        # datasheet boost clock
     fp32_flops: float = 67e12       # datasheet dense FP32 (no tensor cores)
+    # datasheet dense tensor-core peaks; these are wgmma's: the mma.sync our kernels use is
+    # reported to reach less of them on Hopper, so the modeled time is a lower bound there
+    tf32_flops: float = 494.7e12
+    bf16_flops: float = 989.4e12
     dram_bw: float = 4.8e12 * 0.9   # assumption: copy reaches 90% of the 4.8 TB/s datasheet
     l2_bytes: float = 50e6          # L2 of the GH100 die
     l2_bw: float = 7e12             # assumption: L2 hit bandwidth
@@ -155,6 +159,8 @@ def model_launch(profile, usage, dev=H200):
         "l2": 32 * l2_sectors / dev.l2_bw / hide_mem,
         "shared": wavefronts / (active_sms * dev.clock_hz),
         "fp32": flops / (dev.fp32_flops * active_sms / dev.sms) / hide_fma,
+        "tensor": (c.get("tensor_flops_tf32", 0.0) / dev.tf32_flops
+                   + c.get("tensor_flops_bf16", 0.0) / dev.bf16_flops) * dev.sms / active_sms / hide_fma,
     }
     bound = max(terms, key=terms.get)
     seconds = terms[bound] / tail + dev.launch_s

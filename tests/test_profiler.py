@@ -124,6 +124,33 @@ def test_a_warp_issues_a_block_as_often_as_its_busiest_lane():
     assert thread < 0.2 * 32 * warp  # SIMT efficiency near 1/32 once the loop dominates
 
 
+def _mma(n, fmt, warps=3):
+    x = np.full(32, 0.5, np.float32)  # every product 1/4: d[0] = n * K / 4
+    y = np.zeros(32 * warps, np.float32)
+    p = profiled("prof_mma_chain", 1, 32 * warps, [x, y, np.int32(n), np.int32(fmt == "bf16")])
+    np.testing.assert_array_equal(y, n * (16 if fmt == "bf16" else 8) / 4)
+    return p
+
+
+@pytest.mark.parametrize("fmt,k", [("tf32", 8), ("bf16", 16)])
+def test_an_mma_counts_once_per_warp_as_tensor_core_work(fmt, k):
+    """Each warp's mma is one instruction of 2*16*8*K FLOPs on the tensor cores; the
+    emulation behind it (its slot table in thread-local storage, the tile arithmetic the last
+    lane does, its instructions) is none of the kernel's: no shared memory, no FP32 FLOPs,
+    no divergence, and a few instructions per mma at most."""
+    warps, other = 3, {"tf32": "bf16", "bf16": "tf32"}[fmt]
+    few, many = _mma(2, fmt), _mma(10, fmt)
+    for n, p in ((2, few), (10, many)):
+        assert p[f"mma_{fmt}"] == warps * n and p[f"mma_{other}"] == 0
+        assert p[f"tensor_flops_{fmt}"] == warps * n * 2 * 16 * 8 * k
+        assert p["tensor_flops_" + other] == 0
+        assert p["shared_load_requests"] == p["shared_store_requests"] == 0
+        assert p["flops"] == 0
+        assert p["thread_instructions"] == 32 * p["warp_instructions"]
+    per_mma = (many["warp_instructions"] - few["warp_instructions"]) / (warps * 8)
+    assert 1 <= per_mma <= 16, per_mma
+
+
 def test_product_build_is_not_instrumented():
     """Free when off: pyalexnet._emu has no coverage callbacks at all."""
     import pyalexnet._emu as product

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "kernels"
 EMU = KERNELS / "emu"
 TEST_KERNELS = ROOT / "tests" / "kernels"
+# The emulator's runtime (fibers, barriers, warp operations, tensor-core mma): compiled
+# without the profiling build's instrumentation, so its work is never counted as a kernel's.
+RUNTIME_SOURCES = ["runtime.cpp", "mma.cpp"]
 
 KERNEL_DECL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+'
                          r'(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(')
@@ -158,7 +161,7 @@ def build(module, kernel_files, out, variant, jobs=None, log=print, work=None):
     flags = ["-std=c++17", "-fPIC", "-fvisibility=hidden", *base, *spec["flags"],
              f"-DCUEMU_MODULE={module}", *_includes()]
     record = " ".join([Path(cxx).name, *base, *spec["flags"], *spec.get("unit_flags", [])])
-    sources = [(unit, spec.get("unit_flags", [])), (EMU / "runtime.cpp", []),
+    sources = [(unit, spec.get("unit_flags", [])), *[(EMU / f, []) for f in RUNTIME_SOURCES],
                (EMU / "module.cpp", [f'-DCUEMU_BUILD_FLAGS="{record}"'])]
     if "-DCUEMU_PROFILE" in spec["flags"]:
         sources.append((EMU / "profile.cpp", []))

@@ -69,6 +69,11 @@ static py::dict profile_dict(const cuemu::prof::Result& r) {
   for (auto [key, v] : {std::pair<const char*, int64_t>{"thread_instructions", r.thread_instructions},
                         {"warp_instructions", r.warp_instructions}})
     d[key] = v < 0 ? py::object(py::none()) : py::object(py::int_(v));
+  const char* format[cuemu::prof::MMA_FORMATS] = {"tf32", "bf16"};
+  for (int f = 0; f < cuemu::prof::MMA_FORMATS; ++f) {
+    d[(std::string("mma_") + format[f]).c_str()] = c.mma[f];
+    d[(std::string("tensor_flops_") + format[f]).c_str()] = c.tensor_flops[f];
+  }
   d["barriers"] = c.barriers;
   d["atomics_global"] = c.atomics_global;
   d["atomics_shared"] = c.atomics_shared;

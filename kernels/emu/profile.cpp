@@ -26,6 +26,10 @@ void Counters::add(const Counters& o) {
     s_ideal[k] += o.s_ideal[k];
     s_bytes[k] += o.s_bytes[k];
   }
+  for (int f = 0; f < MMA_FORMATS; ++f) {
+    mma[f] += o.mma[f];
+    tensor_flops[f] += o.tensor_flops[f];
+  }
   barriers += o.barriers;
   atomics_global += o.atomics_global;
   atomics_shared += o.atomics_shared;
@@ -278,6 +282,7 @@ void block_begin(int nthreads) {
   W.occurrences.clear();
   W.pending.clear();
   W.lane_runs.clear();  // a block that faulted never reached block_end
+  W.mute = 0;           // nor left the scope it faulted in
   W.on = true;
 }
 
@@ -334,6 +339,12 @@ AtomicScope::AtomicScope(const void* p) {
   w.mute += 1;
 }
 AtomicScope::~AtomicScope() { W.mute -= 1; }
+
+void mma_tile(int format, uint64_t flops) {
+  if (!W.on) return;
+  W.c.mma[format] += 1;
+  W.c.tensor_flops[format] += flops;
+}
 
 }  // namespace prof
 }  // namespace cuemu

@@ -22,6 +22,7 @@ namespace cuemu {
 namespace prof {
 
 enum { LOAD = 0, STORE = 1 };
+enum { MMA_TF32 = 0, MMA_BF16 = 1, MMA_FORMATS = 2 };
 
 struct Buffer {
   uintptr_t lo, hi;  // [lo, hi)
@@ -33,6 +34,8 @@ struct Counters {
   uint64_t g_requests[2] = {}, g_sectors[2] = {}, g_bytes[2] = {};
   uint64_t s_requests[2] = {}, s_wavefronts[2] = {}, s_ideal[2] = {}, s_bytes[2] = {};
   uint64_t barriers = 0, atomics_global = 0, atomics_shared = 0, blocks = 0;
+  // tensor-core mma instructions (one per warp) and their FLOPs, per operand format
+  uint64_t mma[MMA_FORMATS] = {}, tensor_flops[MMA_FORMATS] = {};
   void add(const Counters& o);
 };
 
@@ -69,6 +72,11 @@ struct AtomicScope {
   explicit AtomicScope(const void* p);
   ~AtomicScope();
 };
+
+// One warp's tensor-core mma of `format` and its FLOPs (2 per multiply-add): counted once
+// per warp by its emulation (kernels/emu/mma.cpp, not instrumented: the GPU runs one
+// instruction, so the emulation's own work is none of the kernel's).
+void mma_tile(int format, uint64_t flops);
 
 }  // namespace prof
 }  // namespace cuemu

@@ -82,6 +82,12 @@ struct WarpSite {
   }
 };
 
+// A warp's tensor-core mma (kernels/mma.cuh's pa_mma_*, emulated in mma.cpp): every lane
+// calls it with its fragments; d = a * b + c with fp32 accumulation, d may be c.
+enum MmaShape { MMA_TF32_M16N8K8 = 1, MMA_BF16_M16N8K16 = 2 };
+void mma(int shape, float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+         const char* file, int line);
+
 // Thread order between barriers.
 enum Order { FORWARD = 0, REVERSE = 1, RANDOM = 2 };
 

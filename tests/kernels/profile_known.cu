@@ -1,6 +1,6 @@
 // Kernels whose memory traffic is known exactly, for the emulator's profiler
 // (tests/test_profiler.py). Each is one warp instruction per thread unless noted.
-#include "common.cuh"
+#include "mma.cuh"  // and common.cuh
 
 // Thread i loads x[i * stride]: stride 1 is one 128-byte line per warp (4 sectors), stride
 // 32 is 32 sectors (one 4-byte word in each). The store y[i] is unit stride either way.
@@ -43,4 +43,20 @@ extern "C" __global__ void prof_divergent_loop(const float* x, float* y, int n, 
   float acc = 0.0f;
   for (int k = 0; k < reps; ++k) acc += x[k];
   y[blockIdx.x * blockDim.x + threadIdx.x] = acc;
+}
+
+// n tensor-core mma per warp on operands held in registers (tf32 m16n8k8 when bf16 is 0,
+// else bf16 m16n8k16): each is one mma instruction of 2*16*8*K FLOPs, no shared memory.
+extern "C" __global__ void prof_mma_chain(const float* x, float* y, int n, int bf16) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x & 31;
+  const float v = x[lane];
+  unsigned a[4], b[2];
+  for (int k = 0; k < 4; ++k) a[k] = bf16 ? pa_pack_bf16x2(v, v) : pa_cvt_tf32(v);
+  for (int k = 0; k < 2; ++k) b[k] = a[k];
+  float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int k = 0; k < n; ++k) {
+    if (bf16) pa_mma_m16n8k16_bf16(d, a, b, d);
+    else pa_mma_m16n8k8_tf32(d, a, b, d);
+  }
+  y[i] = d[0];
 }
