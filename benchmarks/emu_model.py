@@ -4,9 +4,13 @@ build, pyalexnet._emu_profile) and nvcc's resource usage. Used by
 
 The model, per launch:
   * counts of a sampled grid are scaled by blocks_total / blocks_run;
+  * L1: a block's repeated reads of its own sectors of an array hit in L1 when that array's
+    share of the block (its distinct sectors in the block) fits, for every block resident
+    on the SM, beside the smaller arrays' shares, in what the SM's shared memory leaves of
+    its 256 KB; the other reads reach the L2;
   * DRAM bytes: per array, the distinct 32-byte sectors touched, scaled and capped at the
-    array's size (a lower bound: every byte once). Repeated sectors hit in the L2 while the
-    data of the blocks resident at once fits in it, else miss in proportion
+    array's size (a lower bound: every byte once). Sectors read again past L1 hit in the
+    L2 while the data of the blocks resident at once fits in it, else miss in proportion
     (1 - L2 / that working set);
   * occupancy from registers, shared memory and block size (sm_90 limits), and the tail of
     the last wave of blocks;
@@ -40,6 +44,7 @@ class Device:
     bf16_flops: float = 989.4e12
     dram_bw: float = 4.8e12 * 0.9   # assumption: copy reaches 90% of the 4.8 TB/s datasheet
     l2_bytes: float = 50e6          # L2 of the GH100 die
+    l1_smem_bytes: int = 256 * 1024  # combined L1 and shared memory per SM (datasheet)
     l2_bw: float = 7e12             # assumption: L2 hit bandwidth
     launch_s: float = 3e-6          # assumption: launch and ramp cost per kernel
     # sm_90 limits
@@ -106,15 +111,34 @@ def occupancy(threads, registers, shared_bytes, dev=H200):
             "occupancy": blocks * warps / dev.max_warps_per_sm, "limited_by": limiter}
 
 
-def scaled(profile, resident_blocks=None, dev=H200):
+def l1_hits(profile, blocks_per_sm, smem_per_block, dev=H200):
+    """Load sectors of the blocks run that L1 serves: a block's repeated reads of the arrays
+    whose per-block shares (smallest first) fit, times the blocks resident on an SM, in the
+    L1 that shared memory leaves."""
+    room = dev.l1_smem_bytes - blocks_per_sm * (smem_per_block + dev.smem_reserved_per_block)
+    runs = max(1, profile["blocks_run"])
+    hits = 0
+    for a in sorted(profile["arrays"], key=lambda a: a.get("block_unique_load_sectors", 0)):
+        share = 32 * a.get("block_unique_load_sectors", a["requested_load_sectors"]) / runs
+        room -= share * max(1, blocks_per_sm)
+        if room < 0:
+            break
+        hits += a["requested_load_sectors"] - a.get("block_unique_load_sectors", a["requested_load_sectors"])
+    return hits
+
+
+def scaled(profile, resident_blocks=None, dev=H200, l1_hit_sectors=0):
     """The counters of a (possibly sampled) launch, scaled to its whole grid, with DRAM
     traffic: a lower bound (distinct sectors) and the L2 model's estimate, for
-    ``resident_blocks`` blocks running at once (default: all)."""
+    ``resident_blocks`` blocks running at once (default: all), and the load sectors that
+    reach the L2 once ``l1_hit_sectors`` of the blocks run hit in L1."""
     s = profile["blocks_total"] / max(1, profile["blocks_run"])
     out = {k: v * s for k, v in profile.items() if isinstance(v, int) and k not in
            ("blocks_total", "blocks_run", "shared_mem")}
+    out["l1_hit_sectors"] = l1_hit_sectors * s
+    out["l2_load_sectors"] = out["global_load_sectors"] - out["l1_hit_sectors"]
     unique = {"load": 0.0, "store": 0.0}
-    repeats = 0.0
+    repeats = -out["l1_hit_sectors"]
     footprint = 0.0
     per_block = 0.0  # bytes one block touches (the sampled blocks are far apart: no overlap)
     for a in profile["arrays"]:
@@ -126,6 +150,7 @@ def scaled(profile, resident_blocks=None, dev=H200):
         footprint += max(ld, st) * 32
         per_block += 32 * max(a["unique_load_sectors"], a["unique_store_sectors"]) / max(1, profile["blocks_run"])
         repeats += max(0.0, a["requested_load_sectors"] * s - ld)
+    repeats = max(0.0, repeats)
     resident = profile["blocks_total"] if resident_blocks is None else min(resident_blocks, profile["blocks_total"])
     working_set = min(footprint, per_block * resident)
     miss = max(0.0, 1.0 - dev.l2_bytes / working_set) if working_set else 0.0
@@ -144,7 +169,8 @@ def model_launch(profile, usage, dev=H200):
     regs, static_smem = usage.get(profile["kernel"], (32, 0))
     occ = occupancy(threads, regs, static_smem + profile["shared_mem"], dev)
     slots = max(1, occ["blocks_per_sm"]) * dev.sms
-    c = scaled(profile, slots, dev)
+    hits = l1_hits(profile, occ["blocks_per_sm"], static_smem + profile["shared_mem"], dev)
+    c = scaled(profile, slots, dev, hits)
     flops = c.get("flops") or 0.0  # None: a build without a FLOP table
     waves = math.ceil(blocks / slots)
     tail = blocks / (waves * slots)
@@ -152,7 +178,7 @@ def model_launch(profile, usage, dev=H200):
     warps = max(1, occ["warps_per_sm"]) * min(1.0, blocks / dev.sms)  # per busy SM, on average
     hide_mem = min(1.0, warps / dev.warps_hide_memory)
     hide_fma = min(1.0, warps / dev.warps_hide_fma)
-    l2_sectors = c["global_load_sectors"] + c["global_store_sectors"]
+    l2_sectors = c["l2_load_sectors"] + c["global_store_sectors"]
     wavefronts = c["shared_load_wavefronts"] + c["shared_store_wavefronts"]
     terms = {
         "dram": c["dram_bytes"] / dev.dram_bw / hide_mem,

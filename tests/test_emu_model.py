@@ -46,6 +46,35 @@ def test_sampled_counts_scale_and_dram_is_capped_at_each_array():
     assert c["dram_bytes"] == c["dram_bytes_lower_bound"]  # fits in L2: no repeats miss
 
 
+def two_arrays(table_share, stream_share):
+    """Blocks that read a table of `table_share` sectors 10 times over and a stream of
+    `stream_share` sectors twice over (2 blocks run)."""
+    arrays = [{"arg": 0, "bytes": 32 * 4096, "unique_load_sectors": table_share,
+               "block_unique_load_sectors": 2 * table_share,
+               "requested_load_sectors": 2 * 10 * table_share, "unique_store_sectors": 0,
+               "requested_store_sectors": 0},
+              {"arg": 1, "bytes": 32 * 10 ** 6, "unique_load_sectors": 2 * stream_share,
+               "block_unique_load_sectors": 2 * stream_share,
+               "requested_load_sectors": 2 * 2 * stream_share, "unique_store_sectors": 0,
+               "requested_store_sectors": 0}]
+    return profile(arrays=arrays, global_load_sectors=sum(a["requested_load_sectors"] for a in arrays))
+
+
+def test_a_blocks_rereads_hit_l1_while_its_arrays_fit():
+    """A block's repeated reads of an array are L1 hits while its share of that array, and
+    of every smaller one, fits in the 256 KiB beside shared memory for each resident block."""
+    table, stream = 32, 1024                     # 1 KiB and 32 KiB per block
+    p = two_arrays(table, stream)
+    both = 2 * 9 * table + 2 * stream            # every re-read of both arrays
+    assert emu_model.l1_hits(p, blocks_per_sm=4, smem_per_block=0) == both
+    # 4 blocks of 32 KiB shared each leave 256 - 4 * 33 = 124 KiB: 4 * (1 + 32) KiB is too
+    # much for the stream, the table's still fit
+    assert emu_model.l1_hits(p, blocks_per_sm=4, smem_per_block=32 * 1024) == 2 * 9 * table
+    assert emu_model.l1_hits(p, blocks_per_sm=4, smem_per_block=63 * 1024) == 0  # no room
+    c = emu_model.scaled(p, l1_hit_sectors=2 * 9 * table)
+    assert c["l2_load_sectors"] == 4 * (2 * table + 2 * 2 * stream)  # scaled by 8 / 2 blocks
+
+
 def test_modeled_time_follows_the_bound():
     base = emu_model.model_launch(profile(), {})
     more = emu_model.model_launch(profile(flops=10 ** 12), {})
@@ -65,17 +94,22 @@ def test_emulated_benchmark_runs_and_compares(tmp_path):
     out = tmp_path / "em.json"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--emulated",
                         "--batch", "2", "--blocks", "2", "--threads", "2",
-                        "--precision", "fp32", "--only", "relu1", "lrn2", "fc8 forward",
+                        "--precision", "fp32", "tf32", "--only", "relu1", "lrn2", "fc8 forward",
                         "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     d = json.loads(out.read_text())
     names = [r["name"] for r in d["results"]]
-    assert names == ["fc8 forward previous plan", "fc8 forward", "lrn2 forward", "lrn2 backward",
-                     "relu1 forward", "relu1 backward"]
+    assert names == ["fc8 forward previous plan", "fc8 forward", "fc8 forward [tf32]",
+                     "lrn2 forward", "lrn2 backward", "relu1 forward", "relu1 backward"]
     fc8 = d["results"][names.index("fc8 forward")]
     # 2 x 4096 @ 4096 x 1000, all blocks of the GEMM run (2 are fewer than the grid's)
     assert fc8["flops"] > 2 * 2 * 4096 * 1000 * 0.99 and fc8["model_ms"] > 0
+    assert fc8["tensor_flops_tf32"] == 0 and fc8["tensor_share_of_peak"] is None
+    tc = d["results"][names.index("fc8 forward [tf32]")]
+    # the same product on the tensor cores: m16n8k8 tiles cover it (padded to 16 rows)
+    assert tc["tensor_flops_tf32"] >= 2 * 2 * 4096 * 1000 and tc["flops"] < 0.01 * fc8["flops"]
+    assert 0 < tc["tensor_share_of_peak"] < 1
     assert fc8["measured_ms"] is None and "not compared" in p.stdout  # measured at batch 128
 
 

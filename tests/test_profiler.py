@@ -151,6 +151,21 @@ def test_an_mma_counts_once_per_warp_as_tensor_core_work(fmt, k):
     assert 1 <= per_mma <= 16, per_mma
 
 
+def test_distinct_sectors_per_block_and_over_the_launch():
+    """Every warp of every block reads the same 32 floats (4 sectors): distinct over the
+    launch 4, within each block 4 (summed over 3 blocks: 12), requested 4 per warp."""
+    blocks, warps = 3, 2
+    x = np.full(32, 0.5, np.float32)
+    y = np.zeros(32 * warps * blocks, np.float32)
+    p = profiled("prof_mma_chain", blocks, 32 * warps, [x, y, np.int32(1), np.int32(0)])
+    a = p["arrays"][0]
+    assert a["unique_load_sectors"] == 4
+    assert a["block_unique_load_sectors"] == blocks * 4
+    assert a["requested_load_sectors"] == blocks * warps * 4
+    out = p["arrays"][1]  # each block writes its own 64 floats: 8 sectors
+    assert out["unique_store_sectors"] == out["block_unique_store_sectors"] == blocks * 8
+
+
 def test_product_build_is_not_instrumented():
     """Free when off: pyalexnet._emu has no coverage callbacks at all."""
     import pyalexnet._emu as product

@@ -85,6 +85,8 @@ static py::dict profile_dict(const cuemu::prof::Result& r) {
     e["bytes"] = a.bytes;
     e["unique_load_sectors"] = a.unique_sectors[0];
     e["unique_store_sectors"] = a.unique_sectors[1];
+    e["block_unique_load_sectors"] = a.block_unique_sectors[0];
+    e["block_unique_store_sectors"] = a.block_unique_sectors[1];
     e["requested_load_sectors"] = a.requested_sectors[0];
     e["requested_store_sectors"] = a.requested_sectors[1];
     arrays.append(e);

@@ -42,6 +42,8 @@ enum Space : uint8_t { GLOBAL, SHARED };
 
 struct PerArray {
   std::unordered_set<uint64_t> unique[2];
+  std::unordered_set<uint64_t> block[2];  // the current block's distinct sectors
+  uint64_t block_unique[2] = {0, 0};      // their count, summed over blocks
   uint64_t requested[2] = {0, 0};
 };
 
@@ -149,6 +151,7 @@ void finish(const Group& g) {
       for (uint64_t s = first; s <= last && ns < 64; ++s) {
         sec[ns++] = s;
         W.arrays[g.buf[l]].unique[k].insert(s);
+        W.arrays[g.buf[l]].block[k].insert(s);
       }
     }
     std::sort(sec, sec + ns);
@@ -261,6 +264,7 @@ Result launch_end() {
     r.arrays.push_back(ArrayTraffic{g_launch.buffers[i].arg,
                                     g_launch.buffers[i].hi - g_launch.buffers[i].lo,
                                     {a.unique[0].size(), a.unique[1].size()},
+                                    {a.block_unique[0], a.block_unique[1]},
                                     {a.requested[0], a.requested[1]}});
   }
   g_launch.buffers.clear();
@@ -283,6 +287,8 @@ void block_begin(int nthreads) {
   W.pending.clear();
   W.lane_runs.clear();  // a block that faulted never reached block_end
   W.mute = 0;           // nor left the scope it faulted in
+  for (PerArray& a : W.arrays)
+    for (auto& b : a.block) b.clear();
   W.on = true;
 }
 
@@ -307,6 +313,11 @@ void block_end() {
     W.warp_runs[kv.first] += warps;
   }
   W.lane_runs.clear();
+  for (PerArray& a : W.arrays)
+    for (int k = 0; k < 2; ++k) {
+      a.block_unique[k] += a.block[k].size();
+      a.block[k].clear();
+    }
   W.c.blocks += 1;
 }
 
@@ -324,6 +335,7 @@ void worker_end() {
     for (int k = 0; k < 2; ++k) {
       g_launch.arrays[i].unique[k].insert(W.arrays[i].unique[k].begin(), W.arrays[i].unique[k].end());
       g_launch.arrays[i].requested[k] += W.arrays[i].requested[k];
+      g_launch.arrays[i].block_unique[k] += W.arrays[i].block_unique[k];
     }
   }
   W.arrays.clear();

@@ -43,6 +43,7 @@ struct ArrayTraffic {
   int arg;
   uint64_t bytes;
   uint64_t unique_sectors[2];     // distinct 32-byte sectors touched by the blocks run
+  uint64_t block_unique_sectors[2];  // distinct within each block, summed over the blocks
   uint64_t requested_sectors[2];  // sectors of all its warp requests (with repeats)
 };
 
