@@ -137,6 +137,67 @@ def time_torch(torch, twin, device, batches, steps, lr, max_seconds, compiled=Fa
     return statistics.median(ms[min(5, len(ms) - 1):])
 
 
+def run_emulated(args):
+    """One steady-state training step (forward, loss, backward, SGD) of our kernels on the
+    emulator's profiling build, every launch modeled on an H200 (benchmarks/emu_model.py):
+    the modeled ms per phase and kernel, and images/s. Every launch runs --blocks of its
+    blocks (the rest of its output is left uncomputed: the counts, not the values, are
+    the point). With --devices 2 both towers' launches are summed, as when both share one
+    GPU."""
+    import os
+
+    import emu_model
+    from pyalexnet.backends import EmuBackend
+
+    be = EmuBackend(threads=args.threads or os.cpu_count(), profile=True,
+                    profile_blocks=args.blocks)
+    net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0,
+              bias_init="caffe", precision=args.precision)
+    x, labels = generated_batches(1, args.batch, net.config.crop_size, net.config.num_classes,
+                                  seed=1)[0]
+    xd, ld = be.asarray(x), be.asarray(labels, dtype=np.int32)
+    usage = emu_model.resource_usage(sorted((ROOT / "kernels").glob("*.cu")), ROOT / "build")
+
+    def modeled(run):
+        """The launches ``run`` makes, each modeled: [(kernel, seconds)]."""
+        be.profiles.clear()
+        run()
+        return [(p["kernel"], emu_model.model_launch(p, usage)["seconds"]) for p in be.profiles]
+
+    def step():
+        with net.repeated_step(x.shape):  # the training loop's step: fixed buffers, no syncs
+            net.train_step_grads(xd, ld, seed=1, sync=False)
+            net.sgd_step(args.lr, 0.9, 5e-4)
+
+    step()  # the first step allocates the step's buffers
+    launches = modeled(step)
+    phases = {"forward": modeled(lambda: net.forward(xd, train=True, seed=1)),
+              "update": modeled(lambda: net.sgd_step(args.lr, 0.9, 5e-4))}
+    total = sum(sec for _, sec in launches)
+    split = {k: 1e3 * sum(sec for _, sec in v) for k, v in phases.items()}
+    split["backward"] = 1e3 * total - split["forward"] - split["update"]  # with the loss
+    kernels = {}
+    for name, sec in launches:
+        calls, ms = kernels.get(name, (0, 0.0))
+        kernels[name] = (calls + 1, ms + 1e3 * sec)
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][1])
+    print(f"{args.config}, batch {args.batch}, {args.precision}, {args.devices} device(s): "
+          f"{len(launches)} launches, modeled on an {emu_model.H200.name}: {1e3 * total:.2f} ms "
+          f"a step ({args.batch / total:.0f} images/s); forward {split['forward']:.2f}, "
+          f"backward {split['backward']:.2f}, update {split['update']:.2f} ms")
+    for name, (calls, ms) in top[:12]:
+        print(f"  {name:40s} {calls:4d} launches {ms:8.3f} ms  {100 * ms / (1e3 * total):5.1f}%")
+    return {"config": args.config, "batch": args.batch, "precision": args.precision,
+            "devices": args.devices, "device": emu_model.H200.name,
+            "backend": "emu (profiling build), modeled", "blocks_per_launch": args.blocks,
+            "launches": len(launches), "modeled_ms_per_step": 1e3 * total,
+            "modeled_images_per_second": args.batch / total, "modeled_split_ms": split,
+            "kernels_ms": {k: {"launches": c, "ms": ms} for k, (c, ms) in top},
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "note": "not a measurement: the H200 model of benchmarks/emu_model.py applied to "
+                    "the emulator's counters of one steady-state step; host work not included"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="alexnet", help="network config (default alexnet)")
@@ -157,7 +218,28 @@ def main(argv=None):
     ap.add_argument("--no-compile", action="store_true",
                     help="skip the torch.compile anchor (it compiles for minutes on a CPU)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--emulated", action="store_true",
+                    help="model one step's kernels on an H200 from the emulator's counters "
+                         "(needs pyalexnet._emu_profile); no timing, no PyTorch")
+    ap.add_argument("--blocks", type=int, default=16, help="--emulated: blocks run per launch")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="--emulated: OS threads (default: all cores)")
     args = ap.parse_args(argv)
+    if args.emulated:
+        if args.blocks < 1:
+            ap.error("--blocks must be at least 1")
+        try:
+            result = run_emulated(args)
+        except (FileNotFoundError, ValueError, KeyError, BackendUnavailable) as e:
+            print(f"bench_alexnet.py: error: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.out) if args.out else (
+            ROOT / "benchmarks" / "results" /
+            f"alexnet-{args.config}-emulated-{args.precision}-{datetime.date.today():%Y%m%d}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}")
+        return 0
 
     try:
         be = get_backend(args.backend)

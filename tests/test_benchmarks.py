@@ -74,6 +74,28 @@ def test_alexnet_benchmark_two_towers_equal_work_with_pytorch(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_alexnet_step_modeled_from_the_emulators_counters(tmp_path):
+    """--emulated: one steady-state step of our kernels, every launch modeled on an H200."""
+    try:
+        import pyalexnet._emu_profile  # noqa: F401
+    except ImportError:
+        pytest.skip("no profiling build (pyalexnet._emu_profile needs clang++)")
+    out = tmp_path / "step.json"
+    stdout = run("bench_alexnet.py", "--emulated", "--config", "cifar-towers", "--devices", "2",
+                 "--batch", "4", "--blocks", "2", "--threads", "2", "--precision", "bf16",
+                 "--out", str(out))
+    r = json.loads(out.read_text())
+    kernels = r["kernels_ms"]
+    assert sum(k["launches"] for k in kernels.values()) == r["launches"] > 20
+    assert sum(k["ms"] for k in kernels.values()) == pytest.approx(r["modeled_ms_per_step"])
+    assert sum(r["modeled_split_ms"].values()) == pytest.approx(r["modeled_ms_per_step"])
+    assert min(r["modeled_split_ms"].values()) > 0
+    # bf16: the products run on the tensor cores, the update on fp32 master weights
+    assert any(k.startswith("conv_mma_") and "bf16" in k for k in kernels)
+    assert "sgd_update" in kernels and not any(k.startswith("conv_fwd_") for k in kernels)
+    assert "images/s" in stdout
+
+
 def test_distributed_benchmark_measures_one_and_two_ranks():
     import pytest
 
