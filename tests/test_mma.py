@@ -370,6 +370,20 @@ def test_conv_kernels_odd_shapes(be, rng, case, precision, tile):
     _check_conv(be, rng, case, precision, tile=tile, splits=3)
 
 
+def test_filter_gradient_plans_the_larger_tile_where_padding_allows():
+    """The filter gradient's split reduction fills the SMs, so its tile is chosen by padded
+    work (a 64 tile reads twice the operands per product): 128 for every AlexNet layer
+    (filters x C/g*R*S), 64 where a 128 tile would be mostly padding; the forward pass
+    still balances its blocks over the SMs (conv2: 48 channels a group)."""
+    from pyalexnet.ops.conv_mma import _mma_tile
+
+    for kg, ncol, groups in [(96, 363, 1), (128, 1200, 2), (384, 2304, 1), (192, 1728, 2),
+                             (128, 1728, 2)]:
+        assert _mma_tile(kg, ncol, groups, split=True) == 128
+    assert _mma_tile(32, 75, 1, split=True) == 64  # cifar-small's conv1: 32 x 3*5*5
+    assert _mma_tile(48, 128 * 27 * 27, 2) == 64   # conv2's data gradient: 48 rows
+
+
 # Each layer in one emulator order (all three orders are covered across the layers; every
 # order on every layer with PYALEXNET_SLOW_TESTS=1), and on the GPU.
 LAYER_ORDER = dict(zip(ALEXNET, ["random", "forward", "reverse", "random", "forward"]))

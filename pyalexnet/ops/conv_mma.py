@@ -67,17 +67,20 @@ def _tap_table(be, c, r, s, h, w):
     return _cached(be, ("tap", c, r, s, h, w), build)
 
 
-def _mma_tile(rows, cols, groups):
-    """The square tile (128 or 64) that minimises the busiest SM's padded work."""
+def _mma_tile(rows, cols, groups, split=False):
+    """The square tile (128 or 64) that minimises the busiest SM's padded work, or with
+    ``split`` (a split reduction makes the blocks that fill the SMs) the padded work alone:
+    a 64 tile reads twice the operands per product of a 128 one."""
     def cost(t):
         blocks = ceil_div(rows, t) * ceil_div(cols, t) * groups
-        return ceil_div(blocks, TARGET_SMS) * t * t / MMA_TILE_SPEED[t]
+        waves = blocks / TARGET_SMS if split else ceil_div(blocks, TARGET_SMS)
+        return waves * t * t / MMA_TILE_SPEED[t]
     return min(MMA_TILES, key=cost)
 
 
-def _mma_tile_arg(tile, rows, cols, groups):
+def _mma_tile_arg(tile, rows, cols, groups, split=False):
     if tile is None:
-        return _mma_tile(rows, cols, groups)
+        return _mma_tile(rows, cols, groups, split)
     if tile not in MMA_TILES:
         raise ValueError(f"conv2d: no tensor-core kernel for tile {tile!r}; choose one of "
                          f"{tuple(MMA_TILES)}")
@@ -155,7 +158,7 @@ def _mma_backward_filter(be, x, dy, w_shape, stride, pad, groups, precision, til
     xk = mma_operand(be, x, precision, "conv2d backward filter: x")
     dyk = mma_operand(be, dy, precision, "conv2d backward filter: dy")
     kg, ncol, npq = k // groups, cg * r * s, n * p * q
-    tile = _mma_tile_arg(tile, kg, ncol, groups)
+    tile = _mma_tile_arg(tile, kg, ncol, groups, split=True)
     if splits is None:
         tiles = ceil_div(kg, tile) * ceil_div(ncol, tile) * groups
         splits = max(1, min(ceil_div(SPLIT_BLOCKS, tiles), npq // MIN_SPLIT))
