@@ -74,6 +74,20 @@ def test_kernels():
     return sorted(TEST_KERNELS.glob("*.cu"))
 
 
+# The product kernels the emulator's own tests (tests/test_emulator.py) launch. With
+# PYALEXNET_EMU_TEST_KERNELS=emulator a test build holds only these and tests/kernels/: CI's
+# runs of the emulator tests on other compilers (clang, ASan) compile in a fraction of the
+# time, and every kernel test keeps its full build.
+EMULATOR_TEST_KERNELS = ("relu.cu", "bias.cu")
+
+
+def test_build_kernels():
+    """The kernel files of a test build (see EMULATOR_TEST_KERNELS)."""
+    if os.environ.get("PYALEXNET_EMU_TEST_KERNELS", "all") == "emulator":
+        return [KERNELS / f for f in EMULATOR_TEST_KERNELS] + test_kernels()
+    return product_kernels() + test_kernels()
+
+
 def expand_macros(path):
     """The kernel file with its own macros expanded (no system headers: kernels have none),
     so kernels stamped out by a macro are registered too."""
@@ -271,8 +285,9 @@ def load(path, module):
 
 
 def test_module(variant="gcc"):
-    """The test suite's emulator: kernels/*.cu plus tests/kernels/*.cu in build ``variant``,
-    built once per source state (cached under build/emu-test/) and imported."""
+    """The test suite's emulator: kernels/*.cu (see test_build_kernels) plus tests/kernels/*.cu
+    in build ``variant``, built once per source state (cached under build/emu-test/) and
+    imported."""
     path, module = build_test_module(variant)
     return load(path, module)
 
@@ -280,9 +295,9 @@ def test_module(variant="gcc"):
 def build_test_module(variant="gcc"):
     """Build (if not cached) the test suite's emulator; returns (path, module name). An
     asan build is imported only by an interpreter that preloads the ASan runtime."""
-    kernels = product_kernels() + test_kernels()
+    kernels = test_build_kernels()
     module = "_emu_selftest_profile" if variant == "profile" else "_emu_selftest"
-    deps = kernels + sorted(EMU.glob("*.[ch]*")) + sorted(EMU.glob("*.py")) + [KERNELS / "common.cuh"]
+    deps = kernels + sorted(EMU.glob("*.[ch]*")) + sorted(EMU.glob("*.py")) + sorted(KERNELS.glob("*.cuh"))
     folder = ROOT / "build" / "emu-test" / f"{variant}-{_fingerprint(set(deps), variant)}"
     out = folder / (module + sysconfig.get_config_var("EXT_SUFFIX"))
     folder.mkdir(parents=True, exist_ok=True)
