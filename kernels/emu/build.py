@@ -74,16 +74,17 @@ def test_kernels():
     return sorted(TEST_KERNELS.glob("*.cu"))
 
 
-# The product kernels the emulator's own tests (tests/test_emulator.py) launch. With
-# PYALEXNET_EMU_TEST_KERNELS=emulator a test build holds only these and tests/kernels/: CI's
-# runs of the emulator tests on other compilers (clang, ASan) compile in a fraction of the
-# time, and every kernel test keeps its full build.
+# The product kernels the emulator's own tests (tests/test_emulator.py) launch. A test build
+# holds only these and tests/kernels/ with PYALEXNET_EMU_TEST_KERNELS=emulator (CI's runs of
+# the emulator tests on other compilers: clang, ASan), and always in the profiling variant
+# (the profiler's known-answer tests; the product kernels are profiled on
+# pyalexnet._emu_profile): they compile in a fraction of the time.
 EMULATOR_TEST_KERNELS = ("relu.cu", "bias.cu")
 
 
-def test_build_kernels():
-    """The kernel files of a test build (see EMULATOR_TEST_KERNELS)."""
-    if os.environ.get("PYALEXNET_EMU_TEST_KERNELS", "all") == "emulator":
+def test_build_kernels(variant):
+    """The kernel files of a test build of ``variant`` (see EMULATOR_TEST_KERNELS)."""
+    if variant == "profile" or os.environ.get("PYALEXNET_EMU_TEST_KERNELS", "all") == "emulator":
         return [KERNELS / f for f in EMULATOR_TEST_KERNELS] + test_kernels()
     return product_kernels() + test_kernels()
 
@@ -295,7 +296,7 @@ def test_module(variant="gcc"):
 def build_test_module(variant="gcc"):
     """Build (if not cached) the test suite's emulator; returns (path, module name). An
     asan build is imported only by an interpreter that preloads the ASan runtime."""
-    kernels = test_build_kernels()
+    kernels = test_build_kernels(variant)
     module = "_emu_selftest_profile" if variant == "profile" else "_emu_selftest"
     deps = kernels + sorted(EMU.glob("*.[ch]*")) + sorted(EMU.glob("*.py")) + sorted(KERNELS.glob("*.cuh"))
     folder = ROOT / "build" / "emu-test" / f"{variant}-{_fingerprint(set(deps), variant)}"
