@@ -280,7 +280,15 @@ class Builder:
                  expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
                      DY, W, x.shape, s, p, g)),
                  baseline=timed(bwd_data)),
+            # the plan before the tile went by padded work alone: 64 for every AlexNet layer
+            Case(f"{name} backward filter{tag} tile 64", shape, flops=flops, **extra, **extra_w,
+                 ours=lambda: conv.conv2d_backward_filter(be, xo, dyo, w.shape, s, p, g,
+                                                          precision=pr, tile=64),
+                 expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
+                     X, DY, w.shape, s, p, g)),
+                 baseline=timed(bwd_filter)),
             Case(f"{name} backward filter{tag}", shape, flops=flops, **extra, **extra_w,
+                 replaces=f"{name} backward filter{tag} tile 64",
                  ours=lambda: conv.conv2d_backward_filter(be, xo, dyo, w.shape, s, p, g, precision=pr),
                  expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
                      X, DY, w.shape, s, p, g)),
