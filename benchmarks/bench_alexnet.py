@@ -156,7 +156,7 @@ def run_emulated(args):
     x, labels = generated_batches(1, args.batch, net.config.crop_size, net.config.num_classes,
                                   seed=1)[0]
     xd, ld = be.asarray(x), be.asarray(labels, dtype=np.int32)
-    usage = emu_model.resource_usage(sorted((ROOT / "kernels").glob("*.cu")), ROOT / "build")
+    usage = emu_model.kernel_resource_usage()
 
     def modeled(run):
         """The launches ``run`` makes, each modeled: [(kernel, seconds)]."""

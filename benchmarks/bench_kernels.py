@@ -742,7 +742,7 @@ def run_emulated(args):
     dev = emu_model.H200
     if measured_doc and measured_doc.get("copy_bandwidth_bytes_per_s"):  # measured beats assumed
         dev = dataclasses.replace(dev, dram_bw=measured_doc["copy_bandwidth_bytes_per_s"])
-    usage = emu_model.resource_usage(sorted((ROOT / "kernels").glob("*.cu")), ROOT / "build")
+    usage = emu_model.kernel_resource_usage()
     if not usage:
         print("nvcc not found: occupancy assumes 32 registers per thread and no static shared memory")
     batch = args.batch or 128
@@ -775,7 +775,7 @@ def run_emulated(args):
         main = max(launches, key=lambda m: m["seconds"])
         meas = measured.get(c.name)
         # the tensor-core share of peak: the time its mma FLOPs need at the dense peak
-        at_peak = tot["tensor_flops_tf32"] / dev.tf32_flops + tot["tensor_flops_bf16"] / dev.bf16_flops
+        at_peak = emu_model.tensor_seconds(tot, dev)
         row = {"name": c.name, "shape": c.shape, "model_ms": model_ms, "measured_ms": meas,
                "ratio": model_ms / meas if meas else None, "bound": main["bound"],
                "memory_bound_op": not c.flops, **tot,

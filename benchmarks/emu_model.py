@@ -59,6 +59,7 @@ class Device:
 
 
 H200 = Device()
+ROOT = Path(__file__).resolve().parent.parent
 
 _SMEM = re.compile(r"(\d+) bytes smem")
 
@@ -95,6 +96,17 @@ def resource_usage(files, cache_dir):
     return {k: tuple(v) for k, v in usage.items()}
 
 
+def kernel_resource_usage():
+    """resource_usage of the product kernels (kernels/*.cu), cached under build/."""
+    return resource_usage(sorted((ROOT / "kernels").glob("*.cu")), ROOT / "build")
+
+
+def tensor_seconds(counters, dev=H200):
+    """The time a launch's tensor-core FLOPs need at the dense peaks, the whole GPU busy."""
+    return (counters.get("tensor_flops_tf32", 0.0) / dev.tf32_flops
+            + counters.get("tensor_flops_bf16", 0.0) / dev.bf16_flops)
+
+
 def occupancy(threads, registers, shared_bytes, dev=H200):
     """Blocks per SM and active warps per SM, and what limits them."""
     warps = math.ceil(threads / 32)
@@ -119,11 +131,11 @@ def l1_hits(profile, blocks_per_sm, smem_per_block, dev=H200):
     runs = max(1, profile["blocks_run"])
     hits = 0
     for a in sorted(profile["arrays"], key=lambda a: a.get("block_unique_load_sectors", 0)):
-        share = 32 * a.get("block_unique_load_sectors", a["requested_load_sectors"]) / runs
-        room -= share * max(1, blocks_per_sm)
+        own = a.get("block_unique_load_sectors", a["requested_load_sectors"])  # old profiles: no hits
+        room -= 32 * own / runs * max(1, blocks_per_sm)
         if room < 0:
             break
-        hits += a["requested_load_sectors"] - a.get("block_unique_load_sectors", a["requested_load_sectors"])
+        hits += a["requested_load_sectors"] - own
     return hits
 
 
@@ -185,8 +197,7 @@ def model_launch(profile, usage, dev=H200):
         "l2": 32 * l2_sectors / dev.l2_bw / hide_mem,
         "shared": wavefronts / (active_sms * dev.clock_hz),
         "fp32": flops / (dev.fp32_flops * active_sms / dev.sms) / hide_fma,
-        "tensor": (c.get("tensor_flops_tf32", 0.0) / dev.tf32_flops
-                   + c.get("tensor_flops_bf16", 0.0) / dev.bf16_flops) * dev.sms / active_sms / hide_fma,
+        "tensor": tensor_seconds(c, dev) * dev.sms / active_sms / hide_fma,
     }
     bound = max(terms, key=terms.get)
     seconds = terms[bound] / tail + dev.launch_s
