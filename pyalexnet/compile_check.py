@@ -13,6 +13,7 @@ kernels/emu/cuda_emu.h, the way the emulator builds it.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import shutil
 import subprocess
@@ -28,9 +29,12 @@ _FUNC = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGS = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
+# A parenthesised expression, nested up to three deep (launch bounds written as arithmetic
+# of template arguments expand to that).
+_PARENS = r"\((?:[^()]|\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\))*\)"
 # In the macro-expanded source: a kernel's launch bounds and whether it has dynamic shared memory.
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s+)?'
-                     r'void\s+(?:__launch_bounds__\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s+)?(\w+)\s*\(')
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__(%s)\s+)?'
+                     r'void\s+(?:__launch_bounds__(%s)\s+)?(\w+)\s*\(' % (_PARENS, _PARENS))
 _DYN = re.compile(r"extern\s+__shared__")
 _FUNCTION = re.compile(r"(__device__|__global__)[^;{}]*?\b(\w+)\s*\(")
 DEFAULT_BLOCK = 256
@@ -90,10 +94,35 @@ def launch_info(path):
     calls = re.compile(r"\b(?:%s)\s*[<(]" % "|".join(sorted(helpers))) if helpers else None
     info = {}
     for (pos, m), (nxt, _) in zip(starts, starts[1:]):
-        threads = m.group(1) or m.group(3)
+        bounds = m.group(1) or m.group(2)
         dyn = _DYN.search(text, pos, nxt) or (calls and calls.search(text, pos, nxt))
-        info[m.group(5)] = (int(threads) if threads else None, bool(dyn))
+        info[m.group(3)] = (launch_bounds_threads(bounds) if bounds else None, bool(dyn))
     return info
+
+
+def launch_bounds_threads(bounds):
+    """The block size of a ``__launch_bounds__(...)`` argument list, e.g. "((128 / 64) * 32,
+    2)" -> 64: C integer arithmetic (+ - * / %, parentheses) on literals."""
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _C_INT_OPS:
+            return _C_INT_OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"launch bounds {bounds!r}: not integer arithmetic on literals")
+    args = ast.parse(bounds.strip(), mode="eval").body  # "(a, b)" parses as a tuple
+    return value(args.elts[0] if isinstance(args, ast.Tuple) else args)
+
+
+def _c_div(a, b):
+    q = abs(a) // abs(b)  # C truncates toward zero
+    return q if (a < 0) == (b < 0) else -q
+
+
+_C_INT_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+              ast.Mult: lambda a, b: a * b, ast.Div: _c_div, ast.FloorDiv: _c_div,
+              ast.Mod: lambda a, b: a - _c_div(a, b) * b}
 
 
 @dataclass

@@ -6,7 +6,8 @@ import pytest
 
 from pyalexnet.backends import kernel_dir
 from pyalexnet.compile_check import (ARCHS, Occupancy, describe, find_nvcc, gxx_check,
-                                     kernel_files, nvcc_check, occupancy)
+                                     kernel_files, launch_bounds_threads, nvcc_check, occupancy)
+from pyalexnet.ops.conv_mma import MMA_TILES
 from pyalexnet.ops.conv import FILTER_V2_BLOCKS_PER_SM
 from pyalexnet.ops.winograd import BGEMM_BLOCKS_PER_SM
 from pyalexnet.ops.linear import TILE_OCCUPANCY
@@ -71,6 +72,25 @@ def test_planner_occupancy_tables_match_ptxas():
         for ops in ("nn", "nt", "tn", "tt"):
             k = usage[f"gemm_{ops}_{tile}"]
             assert k.occupancy.blocks >= blocks, f"{k.name}: {k.registers} registers"
+
+
+def test_launch_bounds_written_as_arithmetic_give_the_block_size():
+    assert launch_bounds_threads("(256)") == 256
+    assert launch_bounds_threads("((128 / 64) * (128 / 32) * 32)") == 256
+    assert launch_bounds_threads("((64 / 32) * (64 / 32) * 32, 65536 / (128 * 128))") == 128
+    assert launch_bounds_threads("((-7) / 2 + 5)") == 2  # C division truncates toward zero
+    with pytest.raises(ValueError, match="integer arithmetic"):
+        launch_bounds_threads("(BLOCK)")
+
+
+def test_tensor_core_kernels_report_the_block_their_launcher_uses():
+    """The mma kernels' launch bounds are template arithmetic; the report must still read
+    them (it once assumed 256 threads for the 128-thread tile-64 kernels)."""
+    usage = _sm90_usage("conv_mma.cu")
+    for tile, threads in MMA_TILES.items():
+        for kind in ("fwd", "bwd_data", "bwd_filter"):
+            k = usage[f"conv_mma_{kind}_tf32_{tile}"]
+            assert (k.threads, k.assumed) == (threads, False), k.name
 
 
 def test_report_lists_every_kernel_with_occupancy():

@@ -24,7 +24,6 @@ Buffers live in one workspace the caller may pass (``winograd_workspace_size``).
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import conv as _conv
 from . import conv_plan
 from . import linear as _linear
 from ._launch import ceil_div, elementwise_grid, i32, i64, require_float32, waves
@@ -62,7 +61,7 @@ def winograd_matrices(m):
 
 def check_applicable(x_shape, w_shape, stride, pad, groups):
     """Validated output shape; raises ValueError unless a 3x3, stride-1, pad <= 2 layer."""
-    out = _conv._geometry(tuple(x_shape), tuple(w_shape), stride, pad, groups)
+    out = conv_plan._geometry(tuple(x_shape), tuple(w_shape), stride, pad, groups)
     if tuple(w_shape[2:]) != (3, 3) or stride != 1 or pad > 2:
         raise ValueError(f"winograd: only 3x3 filters at stride 1 with pad <= 2, got "
                          f"{w_shape[2]}x{w_shape[3]} stride {stride} pad {pad}")
@@ -132,14 +131,14 @@ def winograd_forward_reference(x, w, b=None, pad=1, groups=1, relu=False, m=2):
 
 def winograd_backward_data_reference(dy, w, x_shape, pad=1, groups=1, m=2):
     out = check_applicable(x_shape, w.shape, 1, pad, groups)
-    _conv._check_dy(dy.shape, out)
+    conv_plan._check_dy(dy.shape, out)
     mats = tuple(a.astype(np.result_type(dy, w)) for a in winograd_matrices(m))
     return np.ascontiguousarray(_forward(dy, _flipped_filters(w, groups), 2 - pad, groups, m, mats))
 
 
 def winograd_backward_filter_reference(x, dy, w_shape, pad=1, groups=1, m=2):
     out = check_applicable(x.shape, w_shape, 1, pad, groups)
-    _conv._check_dy(dy.shape, out)
+    conv_plan._check_dy(dy.shape, out)
     mats = tuple(a.astype(np.result_type(x, dy)) for a in winograd_matrices(m))
     return _backward_filter(x, dy, pad, groups, m, mats)
 
@@ -172,7 +171,7 @@ def _bgemm_us(ops, rows, cols, red, batch, tile):
     per_sm = BGEMM_BLOCKS_PER_SM[(ops, tile)]
     blocks = ceil_div(rows, bm) * ceil_div(cols, bn) * batch
     us_per_k = _linear.TILE_US_PER_K[tile] * per_sm / _linear.TILE_OCCUPANCY[tile]
-    return waves(blocks, per_sm, _conv.TARGET_SMS) * red * us_per_k
+    return waves(blocks, per_sm, conv_plan.TARGET_SMS) * red * us_per_k
 
 
 def _bgemm_tile(ops, rows, cols, red, batch):
@@ -197,7 +196,7 @@ class Plan:
             if chunks is None:
                 most = max(1, min(MAX_CHUNKS, self.tiles // MIN_CHUNK))
                 chunks = min(range(1, most + 1), key=self._filter_us)
-            self.chunks = min(_conv._as_int("chunks", chunks, 1), self.tiles)
+            self.chunks = min(conv_plan._as_int("chunks", chunks, 1), self.tiles)
             self.pc = ceil_div(self.tiles, self.chunks)
             self.chunks = ceil_div(self.tiles, self.pc)  # no empty chunk
             batch = self.chunks * self.al2 * groups
@@ -223,7 +222,7 @@ class Plan:
         chunks = ceil_div(self.tiles, pc)
         batch = chunks * self.al2 * self.groups
         gemm = min(_bgemm_us("nt", self.kg, self.cg, pc, batch, t) for t in BGEMM_TILES)
-        return gemm + 2 * 4 * batch * self.kg * self.cg / _conv.HBM_BYTES_PER_US
+        return gemm + 2 * 4 * batch * self.kg * self.cg / conv_plan.HBM_BYTES_PER_US
 
     def cost_us(self):
         """Modelled microseconds: the batched product, every buffer written and read
@@ -234,7 +233,7 @@ class Plan:
         else:
             gemm = _bgemm_us("nn", self.rows, self.tiles, self.red, self.al2 * self.groups,
                              self.tile)
-        return gemm + 2 * 4 * self.workspace / _conv.HBM_BYTES_PER_US + 4 * _conv.LAUNCH_US
+        return gemm + 2 * 4 * self.workspace / conv_plan.HBM_BYTES_PER_US + 4 * conv_plan.LAUNCH_US
 
 
 def winograd_workspace_size(pass_, x_shape, w_shape, pad=1, groups=1, m=2):
@@ -262,7 +261,7 @@ def _workspace(be, plan, workspace):
 
 def _check(what, *arrays):
     for name, a in arrays:
-        _conv._check_kernel_args(f"winograd {what}", (name, a))
+        conv_plan._check_kernel_args(f"winograd {what}", (name, a))
 
 
 def _bgemm(be, ops, plan, a, b, c, rows, cols, red, batch):
@@ -312,7 +311,7 @@ def winograd_backward_data(be, dy, w, x_shape, pad=1, groups=1, m=2, workspace=N
     """dx for a 3x3 stride-1 layer: the forward of dy with flipped filters, pad 2 - pad."""
     x_shape = tuple(int(v) for v in x_shape)
     out = check_applicable(x_shape, w.shape, 1, pad, groups)
-    _conv._check_dy(dy.shape, out)
+    conv_plan._check_dy(dy.shape, out)
     plan = Plan("backward_data", x_shape, w.shape, pad, groups, m)
     if not be.runs_kernels:
         return winograd_backward_data_reference(dy, w, x_shape, pad, groups, m)
@@ -326,7 +325,7 @@ def winograd_backward_filter(be, x, dy, w_shape, pad=1, groups=1, m=2, workspace
     partial products summed in chunk order: deterministic."""
     w_shape = tuple(int(v) for v in w_shape)
     out = check_applicable(x.shape, w_shape, 1, pad, groups)
-    _conv._check_dy(dy.shape, out)
+    conv_plan._check_dy(dy.shape, out)
     plan = Plan("backward_filter", x.shape, w_shape, pad, groups, m, chunks)
     if not be.runs_kernels:
         return winograd_backward_filter_reference(x, dy, w_shape, pad, groups, m)
