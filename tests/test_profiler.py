@@ -39,6 +39,16 @@ def test_float4_load_is_one_request_of_16_sectors():
     assert (p["global_store_requests"], p["global_store_sectors"]) == (2, 32)
 
 
+def test_int4_entry_used_field_by_field_is_one_request_of_16_sectors():
+    tab = np.arange(4 * 64, dtype=np.int32)
+    y = np.zeros(64, np.int32)
+    p = profiled("prof_int4_fields", 1, 64, [tab, y])
+    e = tab.reshape(64, 4)
+    np.testing.assert_array_equal(y, e[:, 0] * 3 + e[:, 1] * 5 + e[:, 2] * 7)
+    # the GPU reads the whole entry (w too) in one LDG.128 per thread
+    assert (p["global_load_requests"], p["global_load_sectors"], p["global_load_bytes"]) == (2, 32, 1024)
+
+
 @pytest.mark.parametrize("stride,wavefronts", [(1, 1), (2, 2), (32, 32), (0, 1)],
                          ids=["conflict-free", "2-way", "32-way", "broadcast"])
 def test_shared_bank_conflicts(stride, wavefronts):

@@ -57,15 +57,18 @@ struct dim3;
 // ---- profiling build: vector types copied whole -------------------------------------
 // A copy of a plain struct of four floats is split into four 4-byte accesses before the
 // coverage pass sees it; copying through a clang vector keeps it one 16-byte access, as
-// the GPU's LDG.128/LDS.128. Same fields, same layout as the plain build's aggregates.
+// the GPU's LDG.128/LDS.128. The source is read as volatile: otherwise the optimiser
+// narrows a vector load whose fields are used one by one (a table entry's .x, .y, .z)
+// back into scalar loads, each counted as a request. Same fields, same layout as the
+// plain build's aggregates.
 #define CUEMU_VEC(T, N, A, n, ...)                                                       \
   struct alignas(A) N {                                                                  \
     T __VA_ARGS__;                                                                       \
     typedef T V __attribute__((ext_vector_type(n)));                                     \
     N() = default;                                                                       \
-    N(const N& o) { *reinterpret_cast<V*>(this) = *reinterpret_cast<const V*>(&o); }      \
+    N(const N& o) { *reinterpret_cast<V*>(this) = *reinterpret_cast<const volatile V*>(&o); } \
     N& operator=(const N& o) {                                                           \
-      *reinterpret_cast<V*>(this) = *reinterpret_cast<const V*>(&o);                     \
+      *reinterpret_cast<V*>(this) = *reinterpret_cast<const volatile V*>(&o);            \
       return *this;                                                                      \
     }                                                                                    \
   };

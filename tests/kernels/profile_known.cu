@@ -15,6 +15,14 @@ extern "C" __global__ void prof_float4_copy(const float* x, float* y) {
   reinterpret_cast<float4*>(y)[i] = reinterpret_cast<const float4*>(x)[i];
 }
 
+// An int4 table entry read with __ldg, its fields then used one by one (the conv gathers'
+// tables): still one 16-byte load per thread, 16 sectors per warp, as the GPU's LDG.128.
+extern "C" __global__ void prof_int4_fields(const int* tab, int* y) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int4 e = __ldg(reinterpret_cast<const int4*>(tab) + i);
+  y[i] = e.x * 3 + e.y * 5 + e.z * 7;
+}
+
 // Shared memory read at word i * stride (mod 1024): stride 1 conflict-free, 2 two-way,
 // 32 thirty-two-way; stride 0 is a broadcast (one word for every lane), no conflict.
 extern "C" __global__ void prof_shared_stride(float* y, int stride) {
