@@ -41,6 +41,15 @@
 #define MT_CHECK_WIN 8      // 0 <= y < H and 0 <= z < W
 #define MT_CHECK_STRIDED 16 // y, z >= 0, multiples of st, y / st < H, z / st < W
 
+// Launch bounds of a kernel on a BM x BN block tile of WM x WN warp tiles. The 4-warp
+// tile-64 kernels are held to 128 registers (at least 4 blocks, 16 warps, per SM); ptxas
+// fits them without spilling (tests/test_compile.py). The 8-warp tile-128 kernels get no
+// minimum (0): held to 128 registers they spill, and a minimum of 1 lets ptxas take more
+// registers than it does without one.
+#define MT_THREADS(BM, BN, WM, WN) ((BM / WM) * (BN / WN) * 32)
+#define MT_LAUNCH_BOUNDS(BM, BN, WM, WN) \
+  __launch_bounds__(MT_THREADS(BM, BN, WM, WN), MT_THREADS(BM, BN, WM, WN) == 128 ? 4 : 0)
+
 template <int PREC> struct mt_types;
 template <> struct mt_types<MT_TF32> { typedef float src; typedef unsigned elem; };
 template <> struct mt_types<MT_BF16> { typedef unsigned short src; typedef unsigned short elem; };
@@ -251,15 +260,9 @@ __device__ __forceinline__ void mt_mainloop(const mt_operand<PREC>& A, const mt_
     }
 #pragma unroll
     for (int ks = 0; ks < BK; ks += KSTEP) {
-      unsigned a[MF][4], b[NF][2];
-#pragma unroll
-      for (int mf = 0; mf < MF; ++mf)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = wm0 + mf * 16 + g + 8 * (i & 1);
-          const int k = PREC == MT_TF32 ? ks + t + 4 * (i >> 1) : ks + 2 * t + 8 * (i >> 1);
-          a[mf][i] = mt_frag<PREC, TA::RFAST, TA::STRIDE>(As[buf], row, k);
-        }
+      // b for the whole warp tile, a one row of mma tiles at a time: 4 fragment registers
+      // live instead of 4 MF (the block of 8 warps then fits 2 to an SM, see conv_mma.cu)
+      unsigned b[NF][2];
 #pragma unroll
       for (int nf = 0; nf < NF; ++nf)
 #pragma unroll
@@ -269,9 +272,17 @@ __device__ __forceinline__ void mt_mainloop(const mt_operand<PREC>& A, const mt_
           b[nf][i] = mt_frag<PREC, TB::RFAST, TB::STRIDE>(Bs[buf], col, k);
         }
 #pragma unroll
-      for (int mf = 0; mf < MF; ++mf)
+      for (int mf = 0; mf < MF; ++mf) {
+        unsigned a[4];
 #pragma unroll
-        for (int nf = 0; nf < NF; ++nf) mt_mma<PREC>(acc[mf][nf], a[mf], b[nf]);
+        for (int i = 0; i < 4; ++i) {
+          const int row = wm0 + mf * 16 + g + 8 * (i & 1);
+          const int k = PREC == MT_TF32 ? ks + t + 4 * (i >> 1) : ks + 2 * t + 8 * (i >> 1);
+          a[i] = mt_frag<PREC, TA::RFAST, TA::STRIDE>(As[buf], row, k);
+        }
+#pragma unroll
+        for (int nf = 0; nf < NF; ++nf) mt_mma<PREC>(acc[mf][nf], a, b[nf]);
+      }
     }
     if (!more) break;
     buf ^= 1;

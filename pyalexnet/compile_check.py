@@ -102,7 +102,8 @@ def launch_info(path):
 
 def launch_bounds_threads(bounds):
     """The block size of a ``__launch_bounds__(...)`` argument list, e.g. "((128 / 64) * 32,
-    2)" -> 64: C integer arithmetic (+ - * / %, parentheses) on literals."""
+    2)" -> 64: its first argument, C integer arithmetic (+ - * / %, parentheses) on
+    literals (the later arguments are not read)."""
     def value(node):
         if isinstance(node, ast.Constant) and type(node.value) is int:
             return node.value
@@ -111,8 +112,16 @@ def launch_bounds_threads(bounds):
         if isinstance(node, ast.BinOp) and type(node.op) in _C_INT_OPS:
             return _C_INT_OPS[type(node.op)](value(node.left), value(node.right))
         raise ValueError(f"launch bounds {bounds!r}: not integer arithmetic on literals")
-    args = ast.parse(bounds.strip(), mode="eval").body  # "(a, b)" parses as a tuple
-    return value(args.elts[0] if isinstance(args, ast.Tuple) else args)
+    inner, depth = bounds.strip()[1:-1], 0
+    for i, ch in enumerate(inner):  # the first argument ends at the first top-level comma
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            inner = inner[:i]
+            break
+    try:
+        return value(ast.parse(inner.strip(), mode="eval").body)
+    except SyntaxError:
+        raise ValueError(f"launch bounds {bounds!r}: not integer arithmetic on literals") from None
 
 
 def _c_div(a, b):

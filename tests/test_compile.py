@@ -79,8 +79,11 @@ def test_launch_bounds_written_as_arithmetic_give_the_block_size():
     assert launch_bounds_threads("((128 / 64) * (128 / 32) * 32)") == 256
     assert launch_bounds_threads("((64 / 32) * (64 / 32) * 32, 65536 / (128 * 128))") == 128
     assert launch_bounds_threads("((-7) / 2 + 5)") == 2  # C division truncates toward zero
+    assert launch_bounds_threads("((2 * 64), (2 * 64) == 128 ? 4 : 1)") == 128
     with pytest.raises(ValueError, match="integer arithmetic"):
         launch_bounds_threads("(BLOCK)")
+    with pytest.raises(ValueError, match="integer arithmetic"):
+        launch_bounds_threads("(a ? 1 : 2)")
 
 
 def test_tensor_core_kernels_report_the_block_their_launcher_uses():
@@ -89,8 +92,11 @@ def test_tensor_core_kernels_report_the_block_their_launcher_uses():
     usage = _sm90_usage("conv_mma.cu")
     for tile, threads in MMA_TILES.items():
         for kind in ("fwd", "bwd_data", "bwd_filter"):
-            k = usage[f"conv_mma_{kind}_tf32_{tile}"]
-            assert (k.threads, k.assumed) == (threads, False), k.name
+            for precision in ("tf32", "bf16"):
+                k = usage[f"conv_mma_{kind}_{precision}_{tile}"]
+                assert (k.threads, k.assumed) == (threads, False), k.name
+                if tile == 64:  # held to 128 registers: 16 warps an SM (mma_tile.cuh)
+                    assert k.occupancy.blocks >= 4, f"{k.name}: {k.registers} registers"
 
 
 def test_report_lists_every_kernel_with_occupancy():

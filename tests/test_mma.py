@@ -495,8 +495,9 @@ def test_launcher_constants_match_the_kernels():
         src = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-nostdinc", f"-I{kernel_dir()}",
                               str(kernel_dir() / file)], capture_output=True, text=True,
                              check=True).stdout
-        found = re.findall(r"__launch_bounds__\(\((\d+) / (\d+)\) \* \((\d+) / (\d+)\) \* 32\)\s*"
-                           r"(\w+)\(", src)
+        # MT_LAUNCH_BOUNDS expanded: threads, then the minimum blocks per SM
+        found = re.findall(r"__launch_bounds__\(\(\((\d+) / (\d+)\) \* \((\d+) / (\d+)\) \* 32\), "
+                           r"[^?]*\? \d+ : \d+\)\s*(\w+)\(", src)
         # three passes (conv) or transposes (gemm) x two precisions x the tiles, and the
         # conv's bf16 forward storing bf16 maps
         stored_bf16 = len(tiles) if file == "conv_mma.cu" else 0
