@@ -137,15 +137,23 @@ struct mt_tile {
     PER_THREAD = ROWS * BK / THREADS,
   };
   static_assert(ROWS * BK % THREADS == 0, "tile elements must split evenly over the threads");
+  static_assert(RFAST || ROWS % 8 == 0, "mt_elem_pos permutes rows in groups of 8");
 };
 
 // Tile position of this thread's i-th fetched element: consecutive threads take
-// consecutive k (KFAST) or consecutive rows (RFAST).
+// consecutive k (KFAST) or consecutive rows (RFAST). KFAST: a warp's two half-warps take
+// rows 4 apart (bits 0 and 2 of the row swapped), so their stores land 4 * 20 = 80 = 16
+// mod 32 banks apart (tf32) and do not conflict; adjacent rows are 20 words apart and
+// would share 4 banks, a 2-way conflict.
 template <int RFAST, int ROWS, int BK, int THREADS>
 __device__ __forceinline__ void mt_elem_pos(int i, int& row, int& k) {
   const int e = threadIdx.x + i * THREADS;
   if (RFAST) { row = e % ROWS; k = e / ROWS; }
-  else { row = e / BK; k = e % BK; }
+  else {
+    const int q = e / BK;
+    row = (q & ~5) | ((q & 1) << 2) | ((q >> 2) & 1);
+    k = e % BK;
+  }
 }
 
 // This thread's share of one chunk. When every element a thread fetches has the same row

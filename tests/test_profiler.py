@@ -5,6 +5,7 @@ import pytest
 
 from emu_builds import selftest_build
 from pyalexnet.backends import EmuBackend
+from pyalexnet.ops import conv, linear
 
 KNOWN = "profile_known.cu"
 
@@ -93,6 +94,35 @@ def test_product_profiling_build_counts_a_real_kernel():
     assert p["global_load_bytes"] == p["global_store_bytes"] == x.nbytes
     assert p["global_load_sectors"] == x.nbytes // 32
     assert be.profiles == [p]
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_tensor_core_tiles_have_no_shared_memory_bank_conflicts(precision):
+    """The mma kernels' padded tiles (kernels/mma_tile.cuh): every shared store and fragment
+    read needs only its ideal wavefronts, in both layouts ([row][k] and [k][row]) and all
+    three conv passes (tf32 [row][k] stores once took 1.5x: half-warps 20 banks apart)."""
+    try:
+        be = EmuBackend(threads=2, profile=True, profile_blocks=2)
+    except Exception as e:  # built only where clang++ is installed
+        pytest.skip(str(e))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    conv.conv2d_forward(be, x, w, None, 1, 1, precision=precision)
+    conv.conv2d_backward_data(be, dy, w, x.shape, 1, 1, precision=precision, tile=64)
+    conv.conv2d_backward_filter(be, x, dy, w.shape, 1, 1, precision=precision)
+    a = rng.standard_normal((40, 72)).astype(np.float32)
+    b = rng.standard_normal((24, 72)).astype(np.float32)
+    linear.linear_forward(be, a, b, precision=precision)
+    linear.linear_backward_weight(be, a, rng.standard_normal((40, 24)).astype(np.float32),
+                                  precision=precision)
+    mma = [p for p in be.profiles if p["kernel"].startswith(("conv_mma", "gemm_mma"))]
+    assert len(mma) >= 4 and all(p[f"mma_{precision}"] > 0 for p in mma)
+    for p in mma:
+        for op in ("load", "store"):
+            assert p[f"shared_{op}_requests"] > 0, p["kernel"]
+            assert p[f"shared_{op}_wavefronts"] == p[f"shared_{op}_ideal_wavefronts"], (p["kernel"], op)
 
 
 def test_profile_needs_a_profiling_build():
