@@ -141,17 +141,19 @@ struct mt_tile {
 };
 
 // Tile position of this thread's i-th fetched element: consecutive threads take
-// consecutive k (KFAST) or consecutive rows (RFAST). KFAST: a warp's two half-warps take
-// rows 4 apart (bits 0 and 2 of the row swapped), so their stores land 4 * 20 = 80 = 16
-// mod 32 banks apart (tf32) and do not conflict; adjacent rows are 20 words apart and
-// would share 4 banks, a 2-way conflict.
-template <int RFAST, int ROWS, int BK, int THREADS>
+// consecutive k (KFAST) or consecutive rows (RFAST). KFAST rows of a dense matrix: a
+// warp's two half-warps take rows 4 apart (bits 0 and 2 of the row swapped), so their
+// stores land 4 * 20 = 80 = 16 mod 32 banks apart (tf32) and do not conflict; adjacent
+// rows are 20 words apart and share 4 banks, a 2-way conflict. Rows from a table (the
+// filter gradient's window taps) stay adjacent: neighbouring taps read overlapping
+// sectors, which saves more than the conflict costs.
+template <int SPEC, int ROWS, int BK, int THREADS>
 __device__ __forceinline__ void mt_elem_pos(int i, int& row, int& k) {
   const int e = threadIdx.x + i * THREADS;
-  if (RFAST) { row = e % ROWS; k = e / ROWS; }
+  if (SPEC & MT_RFAST) { row = e % ROWS; k = e / ROWS; }
   else {
     const int q = e / BK;
-    row = (q & ~5) | ((q & 1) << 2) | ((q >> 2) & 1);
+    row = (SPEC & MT_ROW_TABLE) ? q : (q & ~5) | ((q & 1) << 2) | ((q >> 2) & 1);
     k = e % BK;
   }
 }
@@ -164,12 +166,12 @@ __device__ __forceinline__ void mt_load(const mt_operand<PREC>& o, int row0, int
   typedef mt_tile<PREC, SPEC, ROWS, THREADS> T;
   enum { ROW_FIXED = T::RFAST && THREADS % ROWS == 0, K_FIXED = !T::RFAST && THREADS % T::BK == 0 };
   int row, k;
-  mt_elem_pos<T::RFAST, ROWS, T::BK, THREADS>(0, row, k);
+  mt_elem_pos<SPEC, ROWS, T::BK, THREADS>(0, row, k);
   const mt_part rp0 = ROW_FIXED ? mt_row_part<PREC, SPEC>(o, row0 + row) : mt_part{0, 0, 0, false};
   const mt_part kp0 = K_FIXED ? mt_k_part<PREC, SPEC>(o, kt + k, kend) : mt_part{0, 0, 0, false};
 #pragma unroll
   for (int i = 0; i < T::PER_THREAD; ++i) {
-    mt_elem_pos<T::RFAST, ROWS, T::BK, THREADS>(i, row, k);
+    mt_elem_pos<SPEC, ROWS, T::BK, THREADS>(i, row, k);
     r[i] = mt_fetch<PREC, SPEC>(o, ROW_FIXED ? rp0 : mt_row_part<PREC, SPEC>(o, row0 + row),
                                 K_FIXED ? kp0 : mt_k_part<PREC, SPEC>(o, kt + k, kend));
   }
@@ -182,7 +184,7 @@ __device__ __forceinline__ void mt_store(typename mt_types<PREC>::elem* s,
 #pragma unroll
   for (int i = 0; i < T::PER_THREAD; ++i) {
     int row, k;
-    mt_elem_pos<T::RFAST, ROWS, T::BK, THREADS>(i, row, k);
+    mt_elem_pos<SPEC, ROWS, T::BK, THREADS>(i, row, k);
     s[T::RFAST ? k * T::STRIDE + row : row * T::STRIDE + k] = r[i];
   }
 }

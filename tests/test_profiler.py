@@ -98,9 +98,11 @@ def test_product_profiling_build_counts_a_real_kernel():
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_tensor_core_tiles_have_no_shared_memory_bank_conflicts(precision):
-    """The mma kernels' padded tiles (kernels/mma_tile.cuh): every shared store and fragment
-    read needs only its ideal wavefronts, in both layouts ([row][k] and [k][row]) and all
-    three conv passes (tf32 [row][k] stores once took 1.5x: half-warps 20 banks apart)."""
+    """The mma kernels' padded tiles (kernels/mma_tile.cuh): every fragment read and every
+    shared store needs only its ideal wavefronts, in both layouts ([row][k] and [k][row])
+    and all three conv passes (tf32 [row][k] stores once took 1.5x: half-warps 20 banks
+    apart). The exception by design: the filter gradient's window tile keeps adjacent taps
+    in a warp (their sectors overlap), so in tf32 its stores, half the kernel's, are 2-way."""
     try:
         be = EmuBackend(threads=2, profile=True, profile_blocks=2)
     except Exception as e:  # built only where clang++ is installed
@@ -120,9 +122,13 @@ def test_tensor_core_tiles_have_no_shared_memory_bank_conflicts(precision):
     mma = [p for p in be.profiles if p["kernel"].startswith(("conv_mma", "gemm_mma"))]
     assert len(mma) >= 4 and all(p[f"mma_{precision}"] > 0 for p in mma)
     for p in mma:
-        for op in ("load", "store"):
-            assert p[f"shared_{op}_requests"] > 0, p["kernel"]
-            assert p[f"shared_{op}_wavefronts"] == p[f"shared_{op}_ideal_wavefronts"], (p["kernel"], op)
+        assert p["shared_load_requests"] > 0 and p["shared_store_requests"] > 0, p["kernel"]
+        assert p["shared_load_wavefronts"] == p["shared_load_ideal_wavefronts"], p["kernel"]
+        ideal = p["shared_store_ideal_wavefronts"]
+        if precision == "tf32" and p["kernel"].startswith("conv_mma_bwd_filter"):
+            assert p["shared_store_wavefronts"] == ideal * 3 // 2, p["kernel"]
+        else:
+            assert p["shared_store_wavefronts"] == ideal, p["kernel"]
 
 
 def test_profile_needs_a_profiling_build():
