@@ -15,7 +15,8 @@
 // Window tables (forward input, filter-gradient input): column / kk entry
 // {n C H W + (p st - pad) W + q st - pad, p st - pad, q st - pad, output offset} and
 // filter-tap entry {c H W + r W + s, r, s, 0}. Backward data gathers dy on the strided
-// output grid: pixel {n K P Q, h + pad, w + pad, dx offset} plus tap {k P Q, -r, -s, 0}.
+// output grid: pixel {n K P Q, h + pad, w + pad, dx offset} plus tap {k P Q, -r, -s, 0};
+// its weights come channels first (see conv_mma_bwd_data), read densely.
 //
 // The filter gradient's reduction is cut into split_len chunks (blockIdx.z = split *
 // groups + g) written to a workspace and summed in order by conv_bwd_filter_reduce
@@ -74,19 +75,22 @@ __device__ __forceinline__ void conv_mma_fwd(const typename mt_types<PREC>::src*
                                 has_bias ? bias + g * Kg : nullptr, relu);
 }
 
+// wt: the weights with channels first, (G, C/G, K/G, R*S) (ops/copy.py swap_middle_axes),
+// so a row c of A is one run of K/G*R*S elements and a warp's fetches are coalesced (in
+// the (G, K/G, C/G, R*S) layout a run of 16 reduction indices crosses filters, each
+// R*S elements long and C/G*R*S apart).
 template <int PREC, int BM, int BN, int WM, int WN>
 __device__ __forceinline__ void conv_mma_bwd_data(
     const typename mt_types<PREC>::src* __restrict__ dy,
-    const typename mt_types<PREC>::src* __restrict__ w, float* __restrict__ dx,
-    const int* __restrict__ ntab, const int* __restrict__ katab, const int* __restrict__ kbtab,
-    CM_DIM_PARAMS) {
+    const typename mt_types<PREC>::src* __restrict__ wt, float* __restrict__ dx,
+    const int* __restrict__ ntab, const int* __restrict__ kbtab, CM_DIM_PARAMS) {
   const int g = blockIdx.z, Kg = K / groups, Cg = C / groups, RS = R * S, HW = H * W;
   const int ncol = N * HW;
-  mt_operand<PREC> A = {w + g * Kg * Cg * RS, RS, 0, 0, katab, Cg, 0, 0, 1};
+  mt_operand<PREC> A = {wt + g * Cg * Kg * RS, Kg * RS, 1, 0, 0, Cg, 0, 0, 1};
   mt_operand<PREC> B = {dy + g * Kg * P * Q, 0, 0, ntab, kbtab, ncol, P, Q, stride};
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   float acc[WM / 16][WN / 8][4];
-  mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST | MT_K_TABLE,
+  mt_mainloop<PREC, BM, BN, WM, WN, MT_KFAST,
               MT_RFAST | MT_ROW_TABLE | MT_K_TABLE | MT_CHECK_STRIDED>(A, B, m0, n0, 0, Kg * RS,
                                                                        acc);
   cm_store_maps<BM, BN, WM, WN>(acc, dx + g * Cg * HW, ntab, m0, n0, Cg, ncol, HW, nullptr, 0);
@@ -124,11 +128,11 @@ __device__ __forceinline__ void conv_mma_bwd_filter(
   CM_FWD_ENTRY(conv_mma_fwd_##PNAME##_##TILE, PREC, float, BM, BN, WM, WN)                      \
   extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                      \
       conv_mma_bwd_data_##PNAME##_##TILE(                                                       \
-          const mt_types<PREC>::src* __restrict__ dy, const mt_types<PREC>::src* __restrict__ w, \
-          float* __restrict__ dx, const int* __restrict__ ntab, const int* __restrict__ katab,  \
-          const int* __restrict__ kbtab, CM_DIM_PARAMS) {                                       \
-    conv_mma_bwd_data<PREC, BM, BN, WM, WN>(dy, w, dx, ntab, katab, kbtab, N, C, H, W, K, R, S, \
-                                            P, Q, stride, pad, groups);                         \
+          const mt_types<PREC>::src* __restrict__ dy, const mt_types<PREC>::src* __restrict__ wt, \
+          float* __restrict__ dx, const int* __restrict__ ntab, const int* __restrict__ kbtab,  \
+          CM_DIM_PARAMS) {                                                                      \
+    conv_mma_bwd_data<PREC, BM, BN, WM, WN>(dy, wt, dx, ntab, kbtab, N, C, H, W, K, R, S, P, Q, \
+                                            stride, pad, groups);                               \
   }                                                                                             \
   extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                      \
       conv_mma_bwd_filter_##PNAME##_##TILE(                                                     \

@@ -28,6 +28,29 @@ __device__ __forceinline__ void copy_channels_of(const T* __restrict__ src, T* _
 PA_STORAGE_TYPES(COPY_ENTRIES)
 #undef COPY_ENTRIES
 
+// dst[a, c, b, p] = src[a, b, c, p] for an (A, B, C, P) src: its middle axes swapped. A
+// conv weight (G, K/G, C/G, R*S) becomes (G, C/G, K/G, R*S), the tensor-core data
+// gradient's operand with consecutive reduction indices adjacent (kernels/conv_mma.cu).
+template <class T>
+__device__ __forceinline__ void swap_middle_axes_of(const T* __restrict__ src, T* __restrict__ dst,
+                                                    long long total, int B, int C, int P) {
+  PA_GRID_STRIDE(i, total) {
+    const long long p = i % P, r = i / P;
+    const long long b = r % B, r2 = r / B;
+    const long long c = r2 % C, a = r2 / C;
+    dst[i] = src[((a * B + b) * C + c) * P + p];
+  }
+}
+
+#define SWAP_ENTRIES(SUFFIX, T)                                                             \
+  extern "C" __global__ void swap_middle_axes##SUFFIX(const T* __restrict__ src,           \
+                                                       T* __restrict__ dst, long long total, \
+                                                       int B, int C, int P) {               \
+    swap_middle_axes_of<T>(src, dst, total, B, C, P);                                       \
+  }
+PA_STORAGE_TYPES(SWAP_ENTRIES)
+#undef SWAP_ENTRIES
+
 // acc += x, elementwise.
 extern "C" __global__ void add_into(float* __restrict__ acc, const float* __restrict__ x,
                                     long long n) {

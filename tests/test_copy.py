@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pyalexnet.devices import channel_copy, join_towers
-from pyalexnet.ops.copy import add_into, copy_channels
+from pyalexnet.ops.copy import add_into, copy_channels, swap_middle_axes
+from pyalexnet.ops.precision import BF16
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 5, 4), (2, 11), (1, 1, 1, 1)])
@@ -38,3 +39,17 @@ def test_add_into(backend, rng):
     acc = backend.asarray(a.copy())
     assert add_into(backend, acc, backend.asarray(b)) is acc
     np.testing.assert_array_equal(backend.to_numpy(acc), a + b)  # one rounding, like NumPy's
+
+
+@pytest.mark.parametrize("dtype", [np.float32, BF16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 9), (1, 96, 48, 25), (3, 1, 4, 1)])
+def test_swap_middle_axes(backend, rng, shape, dtype):
+    """A conv weight (G, K/G, C/G, R*S) to channels first, as the tensor-core data gradient
+    reads it; bf16 bits move as they are."""
+    x = rng.integers(0, 1 << 16, shape).astype(dtype) if dtype == BF16 else \
+        rng.standard_normal(shape).astype(dtype)
+    dst = backend.asarray(np.zeros((shape[0], shape[2], shape[1], shape[3]), dtype))
+    out = swap_middle_axes(backend, backend.asarray(x), dst)
+    np.testing.assert_array_equal(backend.to_numpy(out), x.transpose(0, 2, 1, 3))
+    with pytest.raises(ValueError, match="does not swap into"):
+        swap_middle_axes(backend, backend.asarray(x), backend.asarray(x.copy()))  # B != C

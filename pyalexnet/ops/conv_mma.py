@@ -6,6 +6,7 @@ import numpy as np
 from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64, require_float32
 from .conv_plan import (INT32_LIMIT, MAX_GRID_YZ, MIN_SPLIT, SPLIT_BLOCKS, TARGET_SMS, _as_int,
                         _check_kernel_args, _dims, _geometry)
+from .copy import swap_middle_axes
 from .precision import BF16, mma_operand
 
 MMA_KERNELS = "conv_mma.cu"
@@ -124,28 +125,27 @@ def _mma_backward_data(be, dy, w, x_shape, stride, pad, groups, precision, tile)
     dyk = mma_operand(be, dy, precision, "conv2d backward data: dy")
     wk = mma_operand(be, w, precision, "conv2d backward data: w")
     dx = be.empty(x_shape)
-    _check_kernel_args("backward data", ("dy", dy), ("dx", dx), float32=False)
     kg = k // groups
+    # channels first, so the kernel reads each channel's reduction run densely
+    wt = swap_middle_axes(be, wk.reshape(groups, kg, cg, r * s),
+                          be.empty((groups, cg, kg, r * s), dtype=wk.dtype))
+    _check_kernel_args("backward data", ("dy", dy), ("dx", dx), ("wt", wt), float32=False)
 
     def pixels():  # (n, h, w): {n K P Q, h + pad, w + pad, dx offset}
         img, hh, ww = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(h), np.arange(wd),
                                                      indexing="ij"))
         return _int4_table(be, [img * k * p * q, hh + pad, ww + pad, img * c * h * wd + hh * wd + ww])
 
-    def taps(for_w):  # (k, r, s): w offset, or {k P Q, -r, -s} on dy's output grid
+    def taps():  # (k, r, s): {k P Q, -r, -s} on dy's output grid
         kk, rr, ss = (a.ravel() for a in np.meshgrid(np.arange(kg), np.arange(r), np.arange(s),
                                                      indexing="ij"))
-        if for_w:
-            z = np.zeros_like(kk)
-            return _int4_table(be, [kk * cg * r * s + rr * s + ss, z, z, z])
         return _int4_table(be, [kk * p * q, -rr, -ss, np.zeros_like(kk)])
 
     geo = (n, c, h, wd, k, r, s, p, q, pad, groups)
     tile = _mma_tile_arg(tile, cg, n * h * wd, groups)
     _mma_launch(be, "bwd_data", precision, tile, n * h * wd, cg, groups,
-                [dyk, wk, dx, _cached(be, ("bd_pixels",) + geo, pixels),
-                 _cached(be, ("bd_taps_w",) + geo, lambda: taps(True)),
-                 _cached(be, ("bd_taps_dy",) + geo, lambda: taps(False)),
+                [dyk, wt, dx, _cached(be, ("bd_pixels",) + geo, pixels),
+                 _cached(be, ("bd_taps_dy",) + geo, taps),
                  *_dims(x_shape, w.shape, out, stride, pad, groups)])
     return dx
 

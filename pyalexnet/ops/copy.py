@@ -38,6 +38,21 @@ def copy_channels(be, src, dst, src_start, dst_start, channels):
     return dst
 
 
+def swap_middle_axes(be, src, dst):
+    """dst[a, c, b, p] = src[a, b, c, p]: src (A, B, C, P) into dst (A, C, B, P), fp32 or bf16."""
+    if src.ndim != 4 or dst.shape != (src.shape[0], src.shape[2], src.shape[1], src.shape[3]):
+        raise ValueError(f"swap_middle_axes: {src.shape} does not swap into {dst.shape}")
+    if not be.runs_kernels:
+        dst[...] = src.transpose(0, 2, 1, 3)
+        return dst
+    suffix = storage_suffix("swap_middle_axes", src, "src", dst=dst)
+    if src.size:
+        be.launch(KERNELS, "swap_middle_axes" + suffix, elementwise_grid(src.size),
+                  ELEMENTWISE_BLOCK, [src, dst, i64(src.size), i32(src.shape[1]),
+                                      i32(src.shape[2]), i32(src.shape[3])])
+    return dst
+
+
 def add_into(be, acc, x):
     """acc += x (same shape); returns acc."""
     if acc.shape != x.shape:
