@@ -89,7 +89,7 @@ echo "bench exit $?" >> "$OUT/bench_kernels.log"
 # conv and fc rows in tf32 and bf16, and the [bf16] rows of the memory-bound layers that
 # bf16 training runs on bf16 activations
 step "tensor-core kernels (tf32, bf16 vs PyTorch at the same precision)"
-timeout "${TC_BENCH_TIMEOUT:-150}" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision tf32 bf16 \
+timeout "${TC_BENCH_TIMEOUT:-180}" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision tf32 bf16 \
   --only conv fc "[bf16]" --out "$OUT/kernels_tc.json" > "$OUT/bench_kernels_tc.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_kernels_tc.log"
 

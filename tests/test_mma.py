@@ -370,18 +370,22 @@ def test_conv_kernels_odd_shapes(be, rng, case, precision, tile):
     _check_conv(be, rng, case, precision, tile=tile, splits=3)
 
 
-def test_filter_gradient_plans_the_larger_tile_where_padding_allows():
-    """The filter gradient's split reduction fills the SMs, so its tile is chosen by padded
-    work (a 64 tile reads twice the operands per product): 128 for every AlexNet layer
-    (filters x C/g*R*S), 64 where a 128 tile would be mostly padding; the forward pass
-    still balances its blocks over the SMs (conv2: 48 channels a group)."""
+def test_tile_plan_takes_128_for_alexnet_and_64_where_it_saves_a_wave():
+    """A 64 tile block counts as 0.4 of a 128 one per padded output (MMA_TILE_SPEED, from
+    the emulator's model: it reads twice the operands per product), so every AlexNet pass
+    takes the 128 tile; 64 only where the 128 tile's padding or its last wave costs more."""
     from pyalexnet.ops.conv_mma import _mma_tile
 
-    for kg, ncol, groups in [(96, 363, 1), (128, 1200, 2), (384, 2304, 1), (192, 1728, 2),
-                             (128, 1728, 2)]:
-        assert _mma_tile(kg, ncol, groups, split=True) == 128
-    assert _mma_tile(32, 75, 1, split=True) == 64  # cifar-small's conv1: 32 x 3*5*5
-    assert _mma_tile(48, 128 * 27 * 27, 2) == 64   # conv2's data gradient: 48 rows
+    n = 128
+    for c, k, h, p, r, g in [(3, 96, 227, 55, 11, 1), (96, 256, 27, 27, 5, 2),
+                             (256, 384, 13, 13, 3, 1), (384, 384, 13, 13, 3, 2),
+                             (384, 256, 13, 13, 3, 2)]:
+        assert _mma_tile(k // g, n * p * p, g) == 128                       # forward
+        assert _mma_tile(c // g, n * h * h, g) == 128                       # data gradient
+        assert _mma_tile(k // g, (c // g) * r * r, g, split=True) == 128    # filter gradient
+    assert _mma_tile(64, 64, 1, split=True) == 64  # one small block either way
+    assert _mma_tile(64, 128 * 133, 1) == 64       # 133 blocks of 128: a second wave for one
+    assert _mma_tile(64, 128 * 133, 1, speed={128: 1.0, 64: 0.3}) == 128
 
 
 # Each layer in one emulator order (all three orders are covered across the layers; every

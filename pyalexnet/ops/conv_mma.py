@@ -12,9 +12,14 @@ from .precision import BF16, mma_operand
 MMA_KERNELS = "conv_mma.cu"
 FP32_KERNELS = "conv.cu"  # the fp32 kernels' split-K reduction serves these too
 MMA_TILES = {128: 256, 64: 128}  # square tile edge -> threads per block (8 or 4 warps)
-# Relative speed of one block of each tile: a guess until an H200 run measures it; it
-# only ever changes speed.
-MMA_TILE_SPEED = {128: 1.0, 64: 0.7}
+# Relative speed of one block of each tile, per padded output. Not measured on a GPU yet;
+# the emulator's H200 model (benchmarks/emu_model.py) puts a 64 tile at about 0.4 of a
+# 128 one: it reads twice the operands per product, and the rows past a layer's end cost
+# the 128 tile mma work, which is cheap, but no loads (conv4's forward and data gradient:
+# 128 tiles modeled 1.8-2x faster than 64 ones in tf32 and bf16, 25% of them padding;
+# conv2's data gradient, 48 of 128 rows used: 2.3x in tf32, 1.2x in bf16). It was 0.7, a
+# guess. It only ever changes speed.
+MMA_TILE_SPEED = {128: 1.0, 64: 0.4}
 MMA_CHUNK = 16  # the kernels' reduction chunk (MT_BK)
 _TABLES = {}
 _TABLES_MAX = 64
@@ -68,14 +73,16 @@ def _tap_table(be, c, r, s, h, w):
     return _cached(be, ("tap", c, r, s, h, w), build)
 
 
-def _mma_tile(rows, cols, groups, split=False):
+def _mma_tile(rows, cols, groups, split=False, speed=None):
     """The square tile (128 or 64) that minimises the busiest SM's padded work, or with
-    ``split`` (a split reduction makes the blocks that fill the SMs) the padded work alone:
-    a 64 tile reads twice the operands per product of a 128 one."""
+    ``split`` (a split reduction makes the blocks that fill the SMs) the padded work alone,
+    each block weighed by its tile's ``speed`` (default MMA_TILE_SPEED)."""
+    speed = speed or MMA_TILE_SPEED
+
     def cost(t):
         blocks = ceil_div(rows, t) * ceil_div(cols, t) * groups
         waves = blocks / TARGET_SMS if split else ceil_div(blocks, TARGET_SMS)
-        return waves * t * t / MMA_TILE_SPEED[t]
+        return waves * t * t / speed[t]
     return min(MMA_TILES, key=cost)
 
 
