@@ -796,8 +796,10 @@ def run_emulated(args):
         model_ms = 1e3 * sum(m["seconds"] for m in launches)
         main = max(launches, key=lambda m: m["seconds"])
         meas = measured.get(c.name)
-        # the tensor-core share of peak: the time its mma FLOPs need at the dense peak
-        at_peak = emu_model.tensor_seconds(tot, dev)
+        # the tensor-core share of peak, as the GPU run reports it: the pass's own FLOPs (not
+        # the padding the mma tiles also compute) over the model time, at the dense peak
+        peak = {"tf32": dev.tf32_flops, "bf16": dev.bf16_flops}.get(c.precision)
+        at_peak = c.flops / peak if peak and c.flops else 0.0
         row = {"name": c.name, "shape": c.shape, "model_ms": model_ms, "measured_ms": meas,
                "ratio": model_ms / meas if meas else None, "bound": main["bound"],
                "memory_bound_op": not c.flops, **tot,
