@@ -117,7 +117,7 @@ __device__ __forceinline__ void conv_mma_bwd_filter(
 }
 
 #define CM_FWD_ENTRY(NAME, PREC, TY, BM, BN, WM, WN)                                           \
-  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                      \
+  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                                    \
       NAME(const mt_types<PREC>::src* __restrict__ x, const mt_types<PREC>::src* __restrict__ w, \
            const float* __restrict__ bias, TY* __restrict__ y, const int* __restrict__ ntab,    \
            const int* __restrict__ ktab, CM_DIM_PARAMS, int has_bias, int relu) {               \
@@ -126,7 +126,7 @@ __device__ __forceinline__ void conv_mma_bwd_filter(
   }
 #define CM_ENTRY(PNAME, PREC, TILE, BM, BN, WM, WN)                                             \
   CM_FWD_ENTRY(conv_mma_fwd_##PNAME##_##TILE, PREC, float, BM, BN, WM, WN)                      \
-  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                      \
+  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                                   \
       conv_mma_bwd_data_##PNAME##_##TILE(                                                       \
           const mt_types<PREC>::src* __restrict__ dy, const mt_types<PREC>::src* __restrict__ wt, \
           float* __restrict__ dx, const int* __restrict__ ntab, const int* __restrict__ kbtab,  \
@@ -134,7 +134,7 @@ __device__ __forceinline__ void conv_mma_bwd_filter(
     conv_mma_bwd_data<PREC, BM, BN, WM, WN>(dy, wt, dx, ntab, kbtab, N, C, H, W, K, R, S, P, Q, \
                                             stride, pad, groups);                               \
   }                                                                                             \
-  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                      \
+  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                                   \
       conv_mma_bwd_filter_##PNAME##_##TILE(                                                     \
           const mt_types<PREC>::src* __restrict__ x, const mt_types<PREC>::src* __restrict__ dy, \
           float* __restrict__ ws, const int* __restrict__ ntab, const int* __restrict__ katab,  \

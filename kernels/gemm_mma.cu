@@ -31,7 +31,7 @@ __device__ __forceinline__ void gemm_mma(const typename mt_types<PREC>::src* __r
 }
 
 #define GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, TILE, BM, BN, WM, WN)                       \
-  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                     \
+  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                                  \
       gemm_mma_##PNAME##_##TNAME##_##TILE(const mt_types<PREC>::src* __restrict__ a,           \
                                            const mt_types<PREC>::src* __restrict__ b,           \
                                            float* __restrict__ c, int M, int N, int K,         \

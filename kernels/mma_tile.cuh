@@ -271,7 +271,7 @@ __device__ __forceinline__ void mt_mainloop(const mt_operand<PREC>& A, const mt_
 #pragma unroll
     for (int ks = 0; ks < BK; ks += KSTEP) {
       // b for the whole warp tile, a one row of mma tiles at a time: 4 fragment registers
-      // live instead of 4 MF (the block of 8 warps then fits 2 to an SM, see conv_mma.cu)
+      // live instead of 4 MF, so the tile-64 kernels fit MT_LAUNCH_BOUNDS' 128 registers
       unsigned b[NF][2];
 #pragma unroll
       for (int nf = 0; nf < NF; ++nf)

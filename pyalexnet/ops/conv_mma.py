@@ -17,8 +17,8 @@ MMA_TILES = {128: 256, 64: 128}  # square tile edge -> threads per block (8 or 4
 # 128 one: it reads twice the operands per product, and the rows past a layer's end cost
 # the 128 tile mma work, which is cheap, but no loads (conv4's forward and data gradient:
 # 128 tiles modeled 1.8-2x faster than 64 ones in tf32 and bf16, 25% of them padding;
-# conv2's data gradient, 48 of 128 rows used: 2.3x in tf32, 1.2x in bf16). It was 0.7, a
-# guess. It only ever changes speed.
+# conv2's data gradient, 48 of 128 rows used: 2.3x in tf32, 1.2x in bf16; but conv5's
+# data gradient in bf16: 0.7x). It was 0.7, a guess. It only ever changes speed.
 MMA_TILE_SPEED = {128: 1.0, 64: 0.4}
 MMA_CHUNK = 16  # the kernels' reduction chunk (MT_BK)
 _TABLES = {}
