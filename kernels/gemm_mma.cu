@@ -30,21 +30,22 @@ __device__ __forceinline__ void gemm_mma(const typename mt_types<PREC>::src* __r
   mt_store_rows<BM, BN, WM, WN>(acc, c + (long long)blockIdx.z * M * N, N, m0, n0, M, N);
 }
 
-#define GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, TILE, BM, BN, WM, WN)                       \
-  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN)                                  \
+#define GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, TILE, BM, BN, WM, WN, MINB)                 \
+  extern "C" __global__ void MT_LAUNCH_BOUNDS(BM, BN, WM, WN, MINB)                            \
       gemm_mma_##PNAME##_##TNAME##_##TILE(const mt_types<PREC>::src* __restrict__ a,           \
                                            const mt_types<PREC>::src* __restrict__ b,           \
                                            float* __restrict__ c, int M, int N, int K,         \
                                            int k_chunk) {                                      \
     gemm_mma<PREC, TA, TB, BM, BN, WM, WN>(a, b, c, M, N, K, k_chunk);                         \
   }
-#define GEMM_MMA_TILES(PNAME, PREC, TNAME, TA, TB)                   \
-  GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, 128, 128, 128, 64, 32) \
-  GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, 64, 64, 64, 32, 32)
+// MIN128: the tile-128 entry's minimum blocks per SM (see MT_LAUNCH_BOUNDS)
+#define GEMM_MMA_TILES(PNAME, PREC, TNAME, TA, TB, MIN128)                  \
+  GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, 128, 128, 128, 64, 32, MIN128) \
+  GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, 64, 64, 64, 32, 32, 4)
 #define GEMM_MMA_ALL(PNAME, PREC)                  \
-  GEMM_MMA_TILES(PNAME, PREC, nt, false, true)     \
-  GEMM_MMA_TILES(PNAME, PREC, nn, false, false)    \
-  GEMM_MMA_TILES(PNAME, PREC, tn, true, false)
+  GEMM_MMA_TILES(PNAME, PREC, nt, false, true, 2)  \
+  GEMM_MMA_TILES(PNAME, PREC, nn, false, false, 0) \
+  GEMM_MMA_TILES(PNAME, PREC, tn, true, false, 2)
 
 GEMM_MMA_ALL(tf32, MT_TF32)
 GEMM_MMA_ALL(bf16, MT_BF16)

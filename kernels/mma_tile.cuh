@@ -41,14 +41,16 @@
 #define MT_CHECK_WIN 8      // 0 <= y < H and 0 <= z < W
 #define MT_CHECK_STRIDED 16 // y, z >= 0, multiples of st, y / st < H, z / st < W
 
-// Launch bounds of a kernel on a BM x BN block tile of WM x WN warp tiles. The 4-warp
-// tile-64 kernels are held to 128 registers (at least 4 blocks, 16 warps, per SM); ptxas
-// fits them without spilling (tests/test_compile.py). The 8-warp tile-128 kernels get no
-// minimum (0): held to 128 registers they spill, and a minimum of 1 lets ptxas take more
-// registers than it does without one.
+// Launch bounds of a kernel on a BM x BN block tile of WM x WN warp tiles, at least
+// MIN_BLOCKS resident per SM (0: no minimum). A minimum holds ptxas to 65536 / (threads *
+// MIN_BLOCKS) registers a thread; each entry asks for what fits without spilling
+// (tests/test_compile.py): 4 blocks (16 warps) for the 4-warp tile-64 kernels, 2 for the
+// 8-warp tile-128 GEMMs nt and tn, none for the other tile-128 kernels, which spill at
+// 128 registers (and a minimum of 1 lets ptxas take more registers than it does
+// without one).
 #define MT_THREADS(BM, BN, WM, WN) ((BM / WM) * (BN / WN) * 32)
-#define MT_LAUNCH_BOUNDS(BM, BN, WM, WN) \
-  __launch_bounds__(MT_THREADS(BM, BN, WM, WN), MT_THREADS(BM, BN, WM, WN) == 128 ? 4 : 0)
+#define MT_LAUNCH_BOUNDS(BM, BN, WM, WN, MIN_BLOCKS) \
+  __launch_bounds__(MT_THREADS(BM, BN, WM, WN), MIN_BLOCKS)
 
 template <int PREC> struct mt_types;
 template <> struct mt_types<MT_TF32> { typedef float src; typedef unsigned elem; };
@@ -271,7 +273,7 @@ __device__ __forceinline__ void mt_mainloop(const mt_operand<PREC>& A, const mt_
 #pragma unroll
     for (int ks = 0; ks < BK; ks += KSTEP) {
       // b for the whole warp tile, a one row of mma tiles at a time: 4 fragment registers
-      // live instead of 4 MF, so the tile-64 kernels fit MT_LAUNCH_BOUNDS' 128 registers
+      // live instead of 4 MF, so more kernels fit MT_LAUNCH_BOUNDS' 128 registers
       unsigned b[NF][2];
 #pragma unroll
       for (int nf = 0; nf < NF; ++nf)

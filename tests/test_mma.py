@@ -501,7 +501,7 @@ def test_launcher_constants_match_the_kernels():
                              check=True).stdout
         # MT_LAUNCH_BOUNDS expanded: threads, then the minimum blocks per SM
         found = re.findall(r"__launch_bounds__\(\(\((\d+) / (\d+)\) \* \((\d+) / (\d+)\) \* 32\), "
-                           r"[^?]*\? \d+ : \d+\)\s*(\w+)\(", src)
+                           r"\d+\)\s*(\w+)\(", src)
         # three passes (conv) or transposes (gemm) x two precisions x the tiles, and the
         # conv's bf16 forward storing bf16 maps
         stored_bf16 = len(tiles) if file == "conv_mma.cu" else 0
