@@ -271,51 +271,39 @@ class Builder:
             ADY, AW, x.shape, s, p, g)), reduction=red["data"])
         extra_w = dict(abs_expected=self.abs_exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
             AX, ADY, w.shape, s, p, g)), reduction=red["filter"])
-        # The forward and data-gradient tiles the plan took while a 64 tile's speed was
-        # guessed at 0.7 (now 0.4, from the emulator's model): where one differs, its row
-        # too, and the planned row's time over it.
-        n, hw, was = y_shape[0], x.shape[2] * x.shape[3], {128: 1.0, 64: 0.7}
+        # Where a pass's planned tile changed, the old tile's row too, and the planned row's
+        # time over it: the forward and data gradient took what the plan gave while a 64
+        # tile's speed was guessed at 0.7 (now 0.4, from the emulator's model); the filter
+        # gradient took 64 for every AlexNet layer before its tile went by padded work alone.
+        n, was = y_shape[0], {128: 1.0, 64: 0.7}
         fwd_plan = (k // g, n * y_shape[2] * y_shape[3], g)
-        data_plan = (c // g, n * hw, g)
+        data_plan = (c // g, n * x.shape[2] * x.shape[3], g)
         old_fwd, old_data = (conv_mma._mma_tile(*plan, speed=was) for plan in (fwd_plan, data_plan))
-        fwd_changed = old_fwd != conv_mma._mma_tile(*fwd_plan)
-        data_changed = (old_data != conv_mma._mma_tile(*data_plan)
-                        and c // g >= conv.DIRECT_MAX_CHANNELS)  # else the direct kernel runs
 
-        def forward(tile=None):
-            return Case(f"{name} forward{tag}" + (f" tile {tile}" if tile else ""), shape,
-                        flops=flops, **extra, **extra_f,
-                        replaces=f"{name} forward{tag} tile {old_fwd}" if fwd_changed and not tile else "",
-                        ours=lambda: conv.conv2d_forward(be, xo, wo, None, s, p, g, precision=pr, tile=tile),
-                        expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
-                        baseline=timed(fwd))
+        def rows(label, extra_p, torch_fn, reference, ours, old_tile, changed):
+            def case(tile=None):
+                return Case(f"{name} {label}{tag}" + (f" tile {tile}" if tile else ""), shape,
+                            flops=flops, **extra, **extra_p,
+                            replaces=f"{name} {label}{tag} tile {old_tile}" if changed and not tile else "",
+                            ours=lambda: ours(tile), expected=self.exact(torch_fn, reference),
+                            baseline=timed(torch_fn))
+            return [case(old_tile)] * changed + [case()]
 
-        def backward_data(tile=None):
-            return Case(f"{name} backward data{tag}" + (f" tile {tile}" if tile else ""), shape,
-                        flops=flops, **extra, **extra_d,
-                        replaces=f"{name} backward data{tag} tile {old_data}" if data_changed and not tile else "",
-                        ours=lambda: conv.conv2d_backward_data(be, dyo, wo, x.shape, s, p, g,
-                                                               precision=pr, tile=tile),
-                        expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
-                            DY, W, x.shape, s, p, g)),
-                        baseline=timed(bwd_data))
-
-        return [forward(old_fwd)] * fwd_changed + [forward()] + \
-            [backward_data(old_data)] * data_changed + [backward_data()] + [
-            # the plan before the tile went by padded work alone: 64 for every AlexNet layer
-            Case(f"{name} backward filter{tag} tile 64", shape, flops=flops, **extra, **extra_w,
-                 ours=lambda: conv.conv2d_backward_filter(be, xo, dyo, w.shape, s, p, g,
-                                                          precision=pr, tile=64),
-                 expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
-                     X, DY, w.shape, s, p, g)),
-                 baseline=timed(bwd_filter)),
-            Case(f"{name} backward filter{tag}", shape, flops=flops, **extra, **extra_w,
-                 replaces=f"{name} backward filter{tag} tile 64",
-                 ours=lambda: conv.conv2d_backward_filter(be, xo, dyo, w.shape, s, p, g, precision=pr),
-                 expected=self.exact(bwd_filter, lambda: conv.conv2d_backward_filter_reference(
-                     X, DY, w.shape, s, p, g)),
-                 baseline=timed(bwd_filter)),
-        ]
+        return (
+            rows("forward", extra_f, fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g),
+                 lambda t: conv.conv2d_forward(be, xo, wo, None, s, p, g, precision=pr, tile=t),
+                 old_fwd, old_fwd != conv_mma._mma_tile(*fwd_plan))
+            + rows("backward data", extra_d, bwd_data,
+                   lambda: conv.conv2d_backward_data_reference(DY, W, x.shape, s, p, g),
+                   lambda t: conv.conv2d_backward_data(be, dyo, wo, x.shape, s, p, g, precision=pr,
+                                                       tile=t),
+                   old_data, (old_data != conv_mma._mma_tile(*data_plan)
+                              and c // g >= conv.DIRECT_MAX_CHANNELS))  # else the direct kernel
+            + rows("backward filter", extra_w, bwd_filter,
+                   lambda: conv.conv2d_backward_filter_reference(X, DY, w.shape, s, p, g),
+                   lambda t: conv.conv2d_backward_filter(be, xo, dyo, w.shape, s, p, g,
+                                                         precision=pr, tile=t),
+                   64, True))
 
     def winograd(self, name, shape, flops, x, w, dy, s, p, g, fwd, bwd_data, bwd_filter):
         """Each pass of a 3x3 stride-1 layer through F(2x2) and F(4x4), against the implicit
