@@ -239,7 +239,7 @@ template <int PREC, int BM, int BN, int WM, int WN, int SPEC_A, int SPEC_B>
 __device__ __forceinline__ void mt_mainloop(const mt_operand<PREC>& A, const mt_operand<PREC>& B,
                                             int m0, int n0, int kbeg, int kend,
                                             float acc[WM / 16][WN / 8][4]) {
-  enum { THREADS = (BM / WM) * (BN / WN) * 32, BK = MT_BK(PREC), KSTEP = MT_MMA_K(PREC),
+  enum { THREADS = MT_THREADS(BM, BN, WM, WN), BK = MT_BK(PREC), KSTEP = MT_MMA_K(PREC),
          MF = WM / 16, NF = WN / 8 };
   typedef typename mt_types<PREC>::elem elem;
   typedef mt_tile<PREC, SPEC_A, BM, THREADS> TA;
