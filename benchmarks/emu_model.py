@@ -175,32 +175,46 @@ def scaled(profile, resident_blocks=None, dev=H200, l1_hit_sectors=0):
 
 
 def model_launch(profile, usage, dev=H200):
-    """Modeled seconds of one launch (and the terms behind it)."""
+    """Modeled seconds of one launch (and the terms behind it).
+
+    Blocks run in waves of blocks_per_sm * SMs; a wave takes as long as its busiest SM,
+    which runs ceil(wave / SMs) blocks at one SM's share of every rate, slowed by the
+    latency those blocks' warps leave unhidden. So a grid of fewer blocks than SMs is
+    neither charged the whole GPU's idle slots nor credited with its whole bandwidth."""
     threads = math.prod(profile["block"])
     blocks = profile["blocks_total"]
     regs, static_smem = usage.get(profile["kernel"], (32, 0))
     occ = occupancy(threads, regs, static_smem + profile["shared_mem"], dev)
-    slots = max(1, occ["blocks_per_sm"]) * dev.sms
+    per_sm = max(1, occ["blocks_per_sm"])
+    slots = per_sm * dev.sms
     hits = l1_hits(profile, occ["blocks_per_sm"], static_smem + profile["shared_mem"], dev)
     c = scaled(profile, slots, dev, hits)
     flops = c.get("flops") or 0.0  # None: a build without a FLOP table
-    waves = math.ceil(blocks / slots)
-    tail = blocks / (waves * slots)
-    active_sms = min(dev.sms, blocks)
-    warps = max(1, occ["warps_per_sm"]) * min(1.0, blocks / dev.sms)  # per busy SM, on average
-    hide_mem = min(1.0, warps / dev.warps_hide_memory)
-    hide_fma = min(1.0, warps / dev.warps_hide_fma)
     l2_sectors = c["l2_load_sectors"] + c["global_store_sectors"]
     wavefronts = c["shared_load_wavefronts"] + c["shared_store_wavefronts"]
-    terms = {
-        "dram": c["dram_bytes"] / dev.dram_bw / hide_mem,
-        "l2": 32 * l2_sectors / dev.l2_bw / hide_mem,
-        "shared": wavefronts / (active_sms * dev.clock_hz),
-        "fp32": flops / (dev.fp32_flops * active_sms / dev.sms) / hide_fma,
-        "tensor": tensor_seconds(c, dev) * dev.sms / active_sms / hide_fma,
+    # the whole launch at the whole GPU's rates, and the warps each pipeline needs
+    work = {
+        "dram": (c["dram_bytes"] / dev.dram_bw, dev.warps_hide_memory),
+        "l2": (32 * l2_sectors / dev.l2_bw, dev.warps_hide_memory),
+        "shared": (wavefronts / (dev.sms * dev.clock_hz), 0),
+        "fp32": (flops / dev.fp32_flops, dev.warps_hide_fma),
+        "tensor": (tensor_seconds(c, dev), dev.warps_hide_fma),
     }
+    full, rest = divmod(blocks, slots)
+    waves = ([(full, slots)] if full else []) + ([(1, rest)] if rest else [])
+    warps_per_block = math.ceil(threads / 32)
+    terms = dict.fromkeys(work, 0.0)
+    seconds = dev.launch_s
+    for count, size in waves:
+        busiest = math.ceil(size / dev.sms)  # blocks on the busiest SM
+        warps = busiest * warps_per_block
+        wave = {k: t * busiest * dev.sms / blocks / min(1.0, warps / need if need else 1.0)
+                for k, (t, need) in work.items()}
+        seconds += count * max(wave.values())
+        for k, t in wave.items():
+            terms[k] += count * t
     bound = max(terms, key=terms.get)
-    seconds = terms[bound] / tail + dev.launch_s
+    tail = blocks / (math.ceil(blocks / slots) * slots)  # the last wave's fill, reported
     return {"seconds": seconds, "bound": bound, "terms": terms, "tail": tail, **occ,
             "registers": regs, "static_shared": static_smem, "counters": c}
 

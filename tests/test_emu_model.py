@@ -82,6 +82,37 @@ def test_modeled_time_follows_the_bound():
     assert more["seconds"] > 10 ** 12 / emu_model.H200.fp32_flops
 
 
+def test_waves_take_as_long_as_their_busiest_sm():
+    """256-thread blocks of 32 registers: 8 resident per SM, 1056 on the GPU at once. A
+    grid of at most 132 blocks puts one on each SM: a block's time whatever the grid; a
+    full wave is 8 blocks an SM; one block past it is a wave of its own."""
+    flops_per_block = 10 ** 9
+
+    def seconds(blocks):
+        p = profile(blocks_total=blocks, blocks_run=1, flops=flops_per_block,
+                    global_load_sectors=0, global_store_sectors=0, arrays=[])
+        return emu_model.model_launch(p, {})["seconds"] - emu_model.H200.launch_s
+
+    one = flops_per_block / (emu_model.H200.fp32_flops / emu_model.H200.sms)
+    assert seconds(1) == pytest.approx(one) and seconds(132) == pytest.approx(one)
+    assert seconds(133) == pytest.approx(2 * one)
+    assert seconds(1056) == pytest.approx(8 * one)
+    assert seconds(1057) == pytest.approx(9 * one)
+
+
+def test_latency_slows_a_wave_of_few_warps():
+    """One 8-warp block alone on an SM hides a quarter of the memory latency (32 warps
+    needed): its bytes move at a quarter of one SM's share of the bandwidth."""
+    p = profile(blocks_total=1, blocks_run=1, global_load_sectors=10 ** 6, global_store_sectors=0,
+                arrays=[{"arg": 0, "bytes": 32 * 10 ** 6, "unique_load_sectors": 10 ** 6,
+                         "unique_store_sectors": 0, "requested_load_sectors": 10 ** 6,
+                         "requested_store_sectors": 0}])
+    m = emu_model.model_launch(p, {})
+    dev = emu_model.H200
+    assert m["bound"] == "dram"
+    assert m["seconds"] - dev.launch_s == pytest.approx(32 * 10 ** 6 / (dev.dram_bw / dev.sms) * 4)
+
+
 def test_spearman():
     assert emu_model.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
     assert emu_model.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
