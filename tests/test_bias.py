@@ -44,6 +44,29 @@ def test_backward_v2_splits_over_images():
         bias_backward(get_backend("numpy"), np.zeros((2, 3), np.float32), version=3)
 
 
+@pytest.mark.parametrize("shape,version", [((8, 96, 5, 5), 2), ((2, 4096), 1)])
+def test_backward_default_splits_where_the_shape_gives_chunks(kernel_backend, rng, monkeypatch,
+                                                              shape, version):
+    """The default is v2 where there is more than one chunk of images (its bits: the
+    partial sums' order), else v1."""
+    be = kernel_backend
+    dy = be.asarray(rng.standard_normal(shape).astype(np.float32))
+    assert (backward_splits(shape) > 1) == (version == 2)
+    np.testing.assert_array_equal(be.to_numpy(bias_backward(be, dy)),
+                                  be.to_numpy(bias_backward(be, dy, version=version)))
+    launched = []
+    real = type(be).launch
+
+    def record(self, file, kernel, *args, **kw):
+        launched.append(kernel)
+        return real(self, file, kernel, *args, **kw)
+
+    monkeypatch.setattr(type(be), "launch", record)
+    bias_backward(be, dy)
+    assert launched == (["bias_backward_v2", "bias_backward_reduce"] if version == 2
+                        else ["bias_backward"])
+
+
 @pytest.mark.parametrize("version", BACKWARD_VERSIONS)
 def test_backward_is_deterministic(kernel_backend, rng, version):
     be = kernel_backend
