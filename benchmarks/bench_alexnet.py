@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from pyalexnet.backends import BackendUnavailable, get_backend  # noqa: E402
 from pyalexnet.config import load_config  # noqa: E402
 from pyalexnet.graphs import GraphedStep  # noqa: E402
+from pyalexnet.layers.conv import CONV_ALGOS  # noqa: E402
 from pyalexnet.net import Net  # noqa: E402
 from pyalexnet.plots import plot_series  # noqa: E402
 
@@ -152,7 +153,7 @@ def run_emulated(args):
     be = EmuBackend(threads=args.threads or os.cpu_count(), profile=True,
                     profile_blocks=args.blocks)
     net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0,
-              bias_init="caffe", precision=args.precision)
+              bias_init="caffe", precision=args.precision, conv_algo=args.conv_algo)
     x, labels = generated_batches(1, args.batch, net.config.crop_size, net.config.num_classes,
                                   seed=1)[0]
     xd, ld = be.asarray(x), be.asarray(labels, dtype=np.int32)
@@ -181,14 +182,15 @@ def run_emulated(args):
         calls, ms = kernels.get(name, (0, 0.0))
         kernels[name] = (calls + 1, ms + 1e3 * sec)
     top = sorted(kernels.items(), key=lambda kv: -kv[1][1])
-    print(f"{args.config}, batch {args.batch}, {args.precision}, {args.devices} device(s): "
+    print(f"{args.config}, batch {args.batch}, {args.precision}, conv {args.conv_algo}, "
+          f"{args.devices} device(s): "
           f"{len(launches)} launches, modeled on an {emu_model.H200.name}: {1e3 * total:.2f} ms "
           f"a step ({args.batch / total:.0f} images/s); forward {split['forward']:.2f}, "
           f"backward {split['backward']:.2f}, update {split['update']:.2f} ms")
     for name, (calls, ms) in top[:12]:
         print(f"  {name:40s} {calls:4d} launches {ms:8.3f} ms  {100 * ms / (1e3 * total):5.1f}%")
     return {"config": args.config, "batch": args.batch, "precision": args.precision,
-            "devices": args.devices, "device": emu_model.H200.name,
+            "conv_algo": args.conv_algo, "devices": args.devices, "device": emu_model.H200.name,
             "backend": "emu (profiling build), modeled", "blocks_per_launch": args.blocks,
             "launches": len(launches), "modeled_ms_per_step": 1e3 * total,
             "modeled_images_per_second": args.batch / total, "modeled_split_ms": split,
@@ -213,6 +215,10 @@ def main(argv=None):
     ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                     help="ours: the conv and fc products' format; PyTorch at the same: TF32 "
                          "allowed, or autocast(bfloat16)")
+    ap.add_argument("--conv-algo", choices=CONV_ALGOS, default="gemm",
+                    help="ours: the conv layers' algorithms (gemm: implicit GEMM; auto: "
+                         "Winograd or implicit GEMM per pass as the cost models choose); the "
+                         "equal-work check runs gemm")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="run our steps as captured graphs (pyalexnet.graphs)")
     ap.add_argument("--no-compile", action="store_true",
@@ -235,7 +241,8 @@ def main(argv=None):
             return 2
         out = Path(args.out) if args.out else (
             ROOT / "benchmarks" / "results" /
-            f"alexnet-{args.config}-emulated-{args.precision}-{datetime.date.today():%Y%m%d}.json")
+            f"alexnet-{args.config}-emulated-{args.precision}-{args.conv_algo}-"
+            f"{datetime.date.today():%Y%m%d}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         print(f"wrote {out}")
@@ -244,7 +251,7 @@ def main(argv=None):
     try:
         be = get_backend(args.backend)
         net = Net(load_config(args.config), backend=be, devices=args.devices, seed=0,
-                  bias_init="caffe", precision=args.precision)
+                  bias_init="caffe", precision=args.precision, conv_algo=args.conv_algo)
     except (FileNotFoundError, ValueError, KeyError, BackendUnavailable) as e:
         print(f"bench_alexnet.py: error: {e}", file=sys.stderr)
         return 2
@@ -264,10 +271,11 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         twin = TorchTwin(net.config).to(device)
-        # the same network and work, checked in fp32 (in tf32/bf16 only the roundings differ)
-        net.engine.precision = "fp32"
+        # the same network and work, checked in fp32 with implicit GEMM (tf32, bf16 and
+        # Winograd differ in their roundings only; their own tests bound those)
+        net.engine.precision, net.engine.conv_algo = "fp32", "gemm"
         equal = check_equal_work(net, twin, torch, device, *batches[0])
-        net.engine.precision = args.precision
+        net.engine.precision, net.engine.conv_algo = args.precision, args.conv_algo
         if args.precision == "tf32":
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
         print(f"equal work: loss ours {equal['loss_ours']:.6f} torch {equal['loss_torch']:.6f}; "
@@ -357,7 +365,8 @@ def main(argv=None):
         device = cupy.cuda.runtime.getDeviceProperties(be.device.id)["name"].decode()
     result = {
         "config": args.config, "device": device, "backend": be.name, "devices": args.devices,
-        "batch": args.batch, "precision": args.precision, "cuda_graph": args.cuda_graph,
+        "batch": args.batch, "precision": args.precision, "conv_algo": args.conv_algo,
+        "cuda_graph": args.cuda_graph,
         "steps": len(losses),
         "median_ms_per_step": ms,
         "images_per_second": args.batch / (ms / 1e3), "split_ms": split,

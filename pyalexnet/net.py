@@ -15,6 +15,7 @@ import numpy as np
 from .backends import Backend
 from .config import load_config
 from .engines import make_engine
+from .layers.conv import check_conv_algo
 from .model import check_state, init_params
 from .ops.precision import check_precision
 
@@ -38,12 +39,14 @@ class Net:
     ``world`` a pyalexnet.distributed.World: over its ranks, ``parallel`` "dp" (data
     parallel) or "owt" (conv layers data parallel, fc layers model parallel); ``precision``
     "fp32" (default), "tf32" or "bf16": the number format of the conv and fc products (tensor
-    cores; the weights, momentum, update, softmax and loss stay fp32).
+    cores; the weights, momentum, update, softmax and loss stay fp32); ``conv_algo`` "gemm"
+    (default) or "auto": the conv layers' algorithms (layers.conv.CONV_ALGOS: "auto" lets
+    the cost models pick Winograd or implicit GEMM per pass).
     """
 
     def __init__(self, config, backend=None, devices=1, seed=0, bias_init=None,
                  dropout_mode="inverted", num_classes=None, lrn_alpha_over_n=None, world=None,
-                 parallel="dp", precision="fp32"):
+                 parallel="dp", precision="fp32", conv_algo="gemm"):
         self.config = load_config(config, num_classes)
         if dropout_mode not in DROPOUT_MODES:
             raise ValueError(f"dropout_mode must be one of {DROPOUT_MODES}, got {dropout_mode!r}")
@@ -52,6 +55,7 @@ class Net:
         self.engine = make_engine(self.config, backend, devices, dropout_mode, lrn_alpha_over_n,
                                   world, parallel)
         self.precision = self.engine.precision = check_precision(precision)
+        self.conv_algo = self.engine.conv_algo = check_conv_algo(conv_algo)
         self.devices = devices
         self.backend = self.engine.devices[0].backend
         bias_init = self.config.init.bias if bias_init is None else bias_init
@@ -166,4 +170,5 @@ def net_from_options(options: dict, backend, num_classes=None, devices=None, wor
                dropout_mode=options.get("dropout_mode", "inverted"),
                num_classes=num_classes or options.get("num_classes"), world=world,
                parallel=options.get("parallel", "dp"),
-               precision=options.get("precision", "fp32"))
+               precision=options.get("precision", "fp32"),
+               conv_algo=options.get("conv_algo", "gemm"))

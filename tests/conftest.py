@@ -70,6 +70,22 @@ def backend(request):
 
 
 @pytest.fixture
+def winograd_where_it_applies(monkeypatch):
+    """The planning cost model made to pick Winograd F(2x2) wherever it applies (at the
+    tests' small shapes it would pick implicit GEMM; tests/test_winograd.py checks its real
+    choices), for conv_algo="auto": the passes it was asked about, in order."""
+    from pyalexnet.ops import conv_plan
+    asked = []
+
+    def pick(pass_, x_shape, w_shape, stride=1, pad=0, groups=1):
+        asked.append((pass_, tuple(w_shape)))
+        return "winograd2" if tuple(w_shape[2:]) == (3, 3) and stride == 1 else "gemm"
+
+    monkeypatch.setattr(conv_plan, "pick_algo", pick)
+    return asked
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(20121203)
 

@@ -38,8 +38,10 @@ def test_kernel_benchmark_small_on_emu(tmp_path):
 def test_alexnet_benchmark_small_on_numpy(tmp_path):
     out = tmp_path / "alexnet.json"
     run("bench_alexnet.py", "--config", "cifar-small", "--backend", "numpy", "--devices", "1",
-        "--batch", "16", "--steps", "12", "--pool", "1", "--no-compile", "--out", str(out))
+        "--batch", "16", "--steps", "12", "--pool", "1", "--no-compile", "--conv-algo", "auto",
+        "--out", str(out))
     result = json.loads(out.read_text())
+    assert result["conv_algo"] == "auto"
     assert result["steps"] == 12 and result["last_loss"] < result["first_loss"]
     assert result["images_per_second"] > 0
     assert set(result["split_ms"]) == {"forward_ms", "backward_ms", "update_ms", "other_ms"}

@@ -21,14 +21,18 @@ def eager_step(net, x, labels, seed, lr):
     return loss, be.to_numpy(ranks)
 
 
-CASES = [("cifar-small", 1), ("cifar-towers", 1), ("cifar-towers", 2)]
+CASES = [("cifar-small", 1, "gemm"), ("cifar-towers", 1, "gemm"), ("cifar-towers", 2, "gemm"),
+         ("cifar-towers", 2, "auto")]  # auto: Winograd's transforms and workspaces too
 
 
-@pytest.mark.parametrize("config, devices", CASES)
-def test_replayed_steps_equal_eager_steps(config, devices):
+@pytest.mark.parametrize("config, devices, conv_algo", CASES)
+def test_replayed_steps_equal_eager_steps(config, devices, conv_algo, request):
+    if conv_algo == "auto":
+        request.getfixturevalue("winograd_where_it_applies")
     be = get_backend("emu", order="forward")
     rng = np.random.default_rng(3)
-    eager, graphed = (Net(config, backend=be, devices=devices, seed=2) for _ in range(2))
+    eager, graphed = (Net(config, backend=be, devices=devices, seed=2, conv_algo=conv_algo)
+                      for _ in range(2))
     shape = (6,) + eager.config.input_shape
     graph = GraphedStep(graphed, shape)
     lrs = [0.02, 0.02, 0.02, 0.002, 0.002]  # a schedule drop: a second update graph

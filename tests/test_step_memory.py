@@ -27,11 +27,14 @@ def one_step(net, x, labels, seed):
     return memory, loss, ranks
 
 
-@pytest.mark.parametrize("config, devices", [("cifar-small", 1), ("cifar-towers", 1),
-                                             ("cifar-towers", 2)])
-def test_steps_after_the_first_allocate_and_sync_nothing(config, devices):
+@pytest.mark.parametrize("config, devices, conv_algo", [
+    ("cifar-small", 1, "gemm"), ("cifar-towers", 1, "gemm"), ("cifar-towers", 2, "gemm"),
+    ("cifar-towers", 2, "auto")])  # auto: Winograd's transforms and workspaces too
+def test_steps_after_the_first_allocate_and_sync_nothing(config, devices, conv_algo, request):
+    if conv_algo == "auto":
+        request.getfixturevalue("winograd_where_it_applies")
     be = get_backend("emu", order="forward")
-    net = Net(config, backend=be, devices=devices, seed=1)
+    net = Net(config, backend=be, devices=devices, seed=1, conv_algo=conv_algo)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((16,) + net.config.input_shape).astype(np.float32)
     labels = rng.integers(0, net.config.num_classes, 16)

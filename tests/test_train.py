@@ -148,7 +148,7 @@ FLAGS = ["--config", "--data", "--cifar", "--backend", "--devices", "--epochs", 
          "--lr", "--momentum", "--weight-decay", "--schedule", "--lr-steps",
          "--plateau-patience", "--bias-init", "--dropout-mode", "--crop", "--workers", "--seed",
          "--out", "--resume", "--eval-every", "--limit-train", "--limit-val", "--ten-crop",
-         "--max-steps", "--log-every", "--precision", "--cuda-graph"]
+         "--max-steps", "--log-every", "--precision", "--conv-algo", "--cuda-graph"]
 
 
 def test_help_documents_every_flag(capsys):
@@ -244,6 +244,19 @@ def test_crop_override_rebuilds_the_net(tiny, tmp_path, capsys):
     assert evaluate.main([str(out), "--json", "--backend", "numpy"]) == 0
     r = json.loads(capsys.readouterr().out)["results"][0]
     assert r["images"] == 20  # the whole held-out set, not the run's --limit-val
+
+
+def test_conv_algo_is_stored_and_carried_on_resume(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, _, _ = _run(_args(tiny, out, "--conv-algo", "auto", "--max-steps", "2"), capsys)
+    assert rc == 0 and ckpt.load(out).meta["options"]["conv_algo"] == "auto"
+    rc, _, _ = _run(["--resume", str(out), "--max-steps", "3", "--backend", "numpy"], capsys)
+    c = ckpt.load(out)
+    assert rc == 0 and c.step == 3 and c.meta["options"]["conv_algo"] == "auto"
+    with pytest.raises(SystemExit) as e:
+        train.main(_args(tiny, tmp_path / "bad", "--conv-algo", "fast"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--conv-algo: invalid choice: 'fast'" in err
 
 
 # ---- exact resume ------------------------------------------------------------------------------

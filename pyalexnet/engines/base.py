@@ -25,6 +25,8 @@ class Engine:
     # "tf32" or "bf16" (tensor cores, fp32 accumulation; weights, momentum, SGD, softmax
     # and loss stay fp32).
     precision = "fp32"
+    # The conv layers' algorithms (layers.conv.CONV_ALGOS): "gemm" or "auto".
+    conv_algo = "gemm"
 
     def __init__(self, config, dropout_mode="inverted", alpha_over_n=None):
         self.config = config

@@ -26,6 +26,12 @@ from .base import Engine
 BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket size
 
 
+def _inner_attribute(name):
+    """An attribute read from and written to the inner engine."""
+    return property(lambda self: getattr(self.inner, name),
+                    lambda self, v: setattr(self.inner, name, v))
+
+
 class DataParallelEngine(Engine):
     """``inner`` (an Engine) on this rank, its gradients summed over ``world`` (a World)."""
 
@@ -41,20 +47,11 @@ class DataParallelEngine(Engine):
         self._buckets = None
 
     # ---- state and layout: the inner engine's -------------------------------------------
-    params = property(lambda self: self.inner.params,
-                      lambda self, v: setattr(self.inner, "params", v))
-    grads = property(lambda self: self.inner.grads,
-                     lambda self, v: setattr(self.inner, "grads", v))
-    velocity = property(lambda self: self.inner.velocity,
-                        lambda self, v: setattr(self.inner, "velocity", v))
-
-    @property
-    def precision(self):
-        return self.inner.precision
-
-    @precision.setter
-    def precision(self, value):
-        self.inner.precision = value
+    params = _inner_attribute("params")
+    grads = _inner_attribute("grads")
+    velocity = _inner_attribute("velocity")
+    precision = _inner_attribute("precision")
+    conv_algo = _inner_attribute("conv_algo")
 
     def device_of(self, name):
         return self.inner.device_of(name)

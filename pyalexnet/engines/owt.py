@@ -102,7 +102,8 @@ class OneWeirdTrickEngine(Engine):
     def _pass(self, train, seed, offset=0):
         return Pass(train=train, seed=seed, towers=tuple(range(self.config.towers)),
                     dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n,
-                    sample_offset=offset, precision=self.precision)
+                    sample_offset=offset, precision=self.precision,
+                    conv_algo=self.conv_algo)
 
     def _params(self, step):
         return layer_params(self.params, step.layer)

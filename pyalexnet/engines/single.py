@@ -35,7 +35,8 @@ class SingleDeviceEngine(Engine):
     def _pass(self, train, seed):
         return Pass(train=train, seed=seed, towers=tuple(range(self.config.towers)),
                     dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n,
-                    sample_offset=self.sample_offset, precision=self.precision)
+                    sample_offset=self.sample_offset, precision=self.precision,
+                    conv_algo=self.conv_algo)
 
     def forward(self, x, train, seed):
         be, ctx = self.backend, self._pass(train, seed)

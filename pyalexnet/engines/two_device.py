@@ -119,7 +119,12 @@ class TwoDeviceEngine(Engine):
         """Tower t runs a 'whole' layer as written, a tower-local one with groups / towers."""
         return Pass(train=train, seed=seed, towers=(t,), split=1 if kind == "whole" else
                     self.towers, dropout_mode=self.dropout_mode, alpha_over_n=self.alpha_over_n,
-                    sample_offset=self.sample_offset, precision=self.precision)
+                    sample_offset=self.sample_offset, precision=self.precision,
+                    conv_algo=self.conv_algo)
+
+    def _products(self):
+        """How a layer that reads every tower computes its blocks (precision, algorithms)."""
+        return Pass(precision=self.precision, conv_algo=self.conv_algo)
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x, train, seed):
@@ -169,7 +174,7 @@ class TwoDeviceEngine(Engine):
         for t, dev in enumerate(devs):
             with dev.activate():
                 ys.append(layer.block_forward(dev.backend, acts[t], self._w(layer, t, t), None,
-                                              self.precision))
+                                              self._products()))
         for t, dev in enumerate(devs):
             with dev.activate():
                 inputs = {t: acts[t]}
@@ -177,7 +182,7 @@ class TwoDeviceEngine(Engine):
                     if s != t:
                         inputs[s] = sent[s, t].get()
                         ys[t] = layer.block_forward(dev.backend, inputs[s],
-                                                    self._w(layer, t, s), ys[t], self.precision)
+                                                    self._w(layer, t, s), ys[t], self._products())
                 bias_add(dev.backend, ys[t], self._b(layer, t))
                 if step.relu:
                     relu_ops.relu_forward(dev.backend, ys[t], out=ys[t])
@@ -239,18 +244,18 @@ class TwoDeviceEngine(Engine):
                 for s in range(T):
                     if s != t:
                         part = layer.block_backward_data(dev.backend, dys[t], self._w(layer, t, s),
-                                                         seen[t][s], self.precision)
+                                                         seen[t][s], self._products())
                         sent[t, s] = self.link.send(part, dev, devs[s])
         dxs, done = [], []
         for t, dev in enumerate(devs):
             be, tn = dev.backend, TOWER_NAMES[t]
             with dev.activate():
                 dxs.append(layer.block_backward_data(be, dys[t], self._w(layer, t, t),
-                                                     seen[t][t], self.precision))
+                                                     seen[t][t], self._products()))
                 for s in range(T):
                     self.grads[f"{layer.name}.w@{tn}<{TOWER_NAMES[s]}"] = \
                         layer.block_backward_weight(be, seen[t][s], dys[t],
-                                                    self._w(layer, t, s).shape, self.precision)
+                                                    self._w(layer, t, s).shape, self._products())
                     done.append(f"{layer.name}.w@{tn}<{TOWER_NAMES[s]}")
                 self.grads[f"{layer.name}.b@{tn}"] = bias_backward(be, dys[t])
                 done.append(f"{layer.name}.b@{tn}")

@@ -41,6 +41,7 @@ class Pass:
     alpha_over_n: Optional[bool] = None
     sample_offset: int = 0
     precision: str = "fp32"     # of the conv and fc products: "fp32", "tf32" or "bf16"
+    conv_algo: str = "gemm"     # the conv layers' algorithms: layers.conv.CONV_ALGOS
 
 
 BASE_FIELDS = ("name", "index", "in_shape", "out_shape")

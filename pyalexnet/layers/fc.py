@@ -9,6 +9,7 @@ from ..devices import feature_slices
 from ..ops import linear as linear_ops
 from ..ops import relu as relu_ops
 from ..schema import ConfigError
+from .base import Pass
 from .weights import WeightLayer, low_precision, output_gradient
 
 
@@ -58,15 +59,15 @@ class FC(WeightLayer):
     def block_input(self, x):
         return x.reshape(x.shape[0], -1)  # a view of a C-contiguous array
 
-    def block_forward(self, be, x, w, acc, precision="fp32"):
+    def block_forward(self, be, x, w, acc, ctx=Pass()):
         return linear_ops.gemm(be, x, w, trans_b=True, beta=0.0 if acc is None else 1.0, c=acc,
-                               precision=precision)
+                               precision=ctx.precision)
 
-    def block_backward_data(self, be, dy, w, x, precision="fp32"):
-        return linear_ops.linear_backward_data(be, dy, w, precision=precision)
+    def block_backward_data(self, be, dy, w, x, ctx=Pass()):
+        return linear_ops.linear_backward_data(be, dy, w, precision=ctx.precision)
 
-    def block_backward_weight(self, be, x, dy, w_shape, precision="fp32"):
-        return linear_ops.linear_backward_weight(be, x, dy, precision=precision)
+    def block_backward_weight(self, be, x, dy, w_shape, ctx=Pass()):
+        return linear_ops.linear_backward_weight(be, x, dy, precision=ctx.precision)
 
     def note(self, towers):
         return "(reads both towers)" if towers > 1 else ""

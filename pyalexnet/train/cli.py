@@ -34,6 +34,7 @@ from .. import distributed
 from ..backends import get_backend
 from ..cliargs import ArgumentParser
 from ..config import load_config
+from ..layers.conv import CONV_ALGOS
 from .loop import EXIT_INTERRUPTED, Trainer
 from .options import DEFAULTS, parse_lr_steps, resolve_options
 from .session import open_session
@@ -186,6 +187,11 @@ def build_parser():
                    help="number format of the conv and fc products: fp32 (CUDA cores), tf32 or "
                         "bf16 (tensor cores, fp32 accumulation; weights, momentum, update, "
                         "softmax and loss stay fp32) (default: fp32)")
+    g.add_argument("--conv-algo", choices=CONV_ALGOS, default=None,
+                   help="the conv layers' algorithms: gemm (implicit GEMM, the kernels timed on "
+                        "an H200) or auto (Winograd or implicit GEMM per pass as the cost "
+                        "models choose; faster as modeled, not yet timed on a GPU; Winograd "
+                        "in fp32 only) (default: gemm)")
     g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture each training step once as CUDA graphs and replay them (on "
                         "emu: recorded launches, replayed; not on numpy) (default: off)")

@@ -37,6 +37,7 @@ DEFAULTS = {
     "max_steps": None,
     "cuda_graph": False,
     "precision": "fp32",
+    "conv_algo": "gemm",
     "init_from": None,
     "class_names": None,
     "stats_every": 0,
@@ -47,7 +48,7 @@ CARRIED = ("config", "source", "backend", "devices", "epochs", "batch_size", "lr
            "weight_decay", "schedule", "lr_steps", "plateau_patience", "max_lr_drops", "lr_decay",
            "bias_init", "dropout_mode", "crop", "resize", "pca_noise", "flip", "workers", "seed",
            "eval_every", "limit_train", "limit_val", "ten_crop", "log_every", "parallel",
-           "precision", "stats_every")
+           "precision", "conv_algo", "stats_every")
 
 # Where each option's default lives in a Config: (section, field).
 CONFIG_FIELDS = {
