@@ -12,11 +12,13 @@ The model, per launch:
     array's size (a lower bound: every byte once). Sectors read again past L1 hit in the
     L2 while the data of the blocks resident at once fits in it, else miss in proportion
     (1 - L2 / that working set);
-  * occupancy from registers, shared memory and block size (sm_90 limits), and the tail of
-    the last wave of blocks;
-  * time = max(DRAM / copy bandwidth / latency hiding, L2 sectors / L2 bandwidth,
-    shared wavefronts / (SMs * clock), FLOPs / FP32 peak / latency hiding, tensor-core FLOPs
-    / their dense peak / latency hiding) / tail + a fixed launch cost.
+  * occupancy from registers, shared memory and block size (sm_90 limits);
+  * blocks run in waves of (blocks per SM) * SMs; a wave lasts as long as its busiest SM,
+    whose blocks get one SM's share of each rate, slowed by the latency their warps leave
+    unhidden: max(DRAM / copy bandwidth, L2 sectors / L2 bandwidth, shared wavefronts /
+    clock, FLOPs / FP32 peak, tensor-core FLOPs / their dense peak), each rate per SM and
+    divided by its latency hiding (warps on that SM / warps needed, at most 1);
+  * time = the waves' sum + a fixed launch cost.
 Every constant below is a datasheet value or an assumption, named as such.
 """
 from __future__ import annotations

@@ -3,13 +3,15 @@
 # pyalexnet from this working tree using only packages already there (CuPy, NumPy,
 # Pillow, pybind11, pytest, PyTorch), runs the whole test suite on the cuda backend, the
 # kernel benchmark (fp32, then the tensor-core rows) and whole training steps against
-# PyTorch in fp32, tf32 and bf16, and writes logs plus summary.json into $OUT (default: a
-# new temporary folder). Budget: about 9 minutes at most (every step has a timeout; the
+# PyTorch in fp32 (implicit GEMM, then --conv-algo auto), tf32 and bf16, and writes
+# summary.json, steps.log and logs.tar.gz (every log) into $OUT (default: a new temporary
+# folder). Budget: about 9 minutes at most (every step has a timeout; the
 # crash reruns take at most 4 of them).
 #
-# A crash leaves evidence in $OUT/crash/: the compiler and flags the emulator was built
-# with, every pytest worker's faulthandler output (in the pytest logs), core dumps with a
-# gdb backtrace of each, and an emulator-only rerun (8 workers, repeated) to reproduce it.
+# A crash leaves evidence in crash/ (in logs.tar.gz): the compiler and flags the emulator
+# was built with, every pytest worker's faulthandler output (in the pytest logs), a gdb
+# backtrace of each core dump, and an emulator-only rerun (8 workers, repeated) to
+# reproduce it.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 set -u
@@ -100,6 +102,11 @@ step "whole step vs PyTorch, fp32 (captured graphs; eager and torch.compile anch
 timeout "${E2E_TIMEOUT:-150}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
   --max-seconds 15 --out "$OUT/alexnet.json" > "$OUT/bench_alexnet.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_alexnet.log"
+step "whole step vs PyTorch, fp32, --conv-algo auto (Winograd where the cost model picks it)"
+timeout "${E2E_PREC_TIMEOUT:-60}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
+  --conv-algo auto --no-compile --max-seconds 10 --out "$OUT/alexnet_auto.json" \
+  > "$OUT/bench_alexnet_auto.log" 2>&1
+echo "bench exit $?" >> "$OUT/bench_alexnet_auto.log"
 for pr in tf32 bf16; do
   step "whole step vs PyTorch, $pr"
   timeout "${E2E_PREC_TIMEOUT:-60}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
@@ -122,11 +129,18 @@ if junit.exists():
     s["tests"]["seconds"] = float(suite.get("time", 0))
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-for name in ("kernels", "kernels_tc", "alexnet", "alexnet_tf32", "alexnet_bf16"):
+for name in ("kernels", "kernels_tc", "alexnet", "alexnet_auto", "alexnet_tf32", "alexnet_bf16"):
     p = out / f"{name}.json"
     if p.exists():
         s[name] = json.loads(p.read_text())
 (out / "summary.json").write_text(json.dumps(s, indent=1))
 print(json.dumps(s.get("tests"), indent=None))
 PYEOF
+# The device tool brings back at most 8 files of 16 MiB: everything but the summary and
+# this log goes into one archive (raw core dumps stay out; their backtraces go in).
+step "pack $OUT/logs.tar.gz"
+tar czf /tmp/gpu-check-logs.tar.gz -C "$OUT" --exclude=summary.json --exclude=steps.log \
+  --exclude='crash/core.*[0-9]' . \
+  && find "$OUT" -mindepth 1 ! -name summary.json ! -name steps.log -delete \
+  && mv /tmp/gpu-check-logs.tar.gz "$OUT/logs.tar.gz"
 step "done"
