@@ -158,12 +158,14 @@ def run_emulated(args):
                                   seed=1)[0]
     xd, ld = be.asarray(x), be.asarray(labels, dtype=np.int32)
     usage = emu_model.kernel_resource_usage()
+    dev = emu_model.load_device(args.device_probe)
 
     def modeled(run):
         """The launches ``run`` makes, each modeled: [(kernel, seconds)]."""
         be.profiles.clear()
         run()
-        return [(p["kernel"], emu_model.model_launch(p, usage)["seconds"]) for p in be.profiles]
+        return [(p["kernel"], emu_model.model_launch(p, usage, dev)["seconds"])
+                for p in be.profiles]
 
     def step():
         with net.repeated_step(x.shape):  # the training loop's step: fixed buffers, no syncs
@@ -191,6 +193,7 @@ def run_emulated(args):
         print(f"  {name:40s} {calls:4d} launches {ms:8.3f} ms  {100 * ms / (1e3 * total):5.1f}%")
     return {"config": args.config, "batch": args.batch, "precision": args.precision,
             "conv_algo": args.conv_algo, "devices": args.devices, "device": emu_model.H200.name,
+            "device_probe": args.device_probe,
             "backend": "emu (profiling build), modeled", "blocks_per_launch": args.blocks,
             "launches": len(launches), "modeled_ms_per_step": 1e3 * total,
             "modeled_images_per_second": args.batch / total, "modeled_split_ms": split,
@@ -228,6 +231,9 @@ def main(argv=None):
                     help="model one step's kernels on an H200 from the emulator's counters "
                          "(needs pyalexnet._emu_profile); no timing, no PyTorch")
     ap.add_argument("--blocks", type=int, default=16, help="--emulated: blocks run per launch")
+    ap.add_argument("--device-probe", default=None,
+                    help="--emulated: a GPU's benchmarks/bench_device.py JSON: its measured "
+                         "constants replace the model's assumed ones")
     ap.add_argument("--threads", type=int, default=None,
                     help="--emulated: OS threads (default: all cores)")
     args = ap.parse_args(argv)

@@ -749,7 +749,7 @@ def run_emulated(args):
     be = EmuBackend(threads=args.threads or os.cpu_count(), profile=True,
                     profile_blocks=args.blocks)
     measured, measured_doc = load_measured(args.measured)
-    dev = emu_model.H200
+    dev = emu_model.load_device(args.device_probe)
     if measured_doc and measured_doc.get("copy_bandwidth_bytes_per_s"):  # measured beats assumed
         dev = dataclasses.replace(dev, dram_bw=measured_doc["copy_bandwidth_bytes_per_s"])
     usage = emu_model.kernel_resource_usage()
@@ -901,6 +901,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="--emulated: OS threads (default: all cores)")
     ap.add_argument("--measured", default=str(ROOT / "benchmarks" / "results" / "h200-20261130" / "kernels.json"),
                     help="--emulated: a GPU run's JSON to compare with")
+    ap.add_argument("--device-probe", default=None,
+                    help="--emulated: a GPU's benchmarks/bench_device.py JSON: its measured "
+                         "constants replace the model's assumed ones")
     ap.add_argument("--markdown", default=None,
                     help="--emulated: also write the counters as a Markdown table (the README's)")
     args = ap.parse_args(argv)

@@ -19,10 +19,12 @@ The model, per launch:
     clock, FLOPs / FP32 peak, tensor-core FLOPs / their dense peak), each rate per SM and
     divided by its latency hiding (warps on that SM / warps needed, at most 1);
   * time = the waves' sum + a fixed launch cost.
-Every constant below is a datasheet value or an assumption, named as such.
+Every constant below is a datasheet value or an assumption, named as such; a GPU's
+probes (benchmarks/bench_device.py, --device-probe) put measured ones in their place.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -48,6 +50,7 @@ class Device:
     l2_bytes: float = 50e6          # L2 of the GH100 die
     l1_smem_bytes: int = 256 * 1024  # combined L1 and shared memory per SM (datasheet)
     l2_bw: float = 7e12             # assumption: L2 hit bandwidth
+    smem_wavefronts_per_s: float = 1.98e9  # per SM, assumption: one a clock
     launch_s: float = 3e-6          # assumption: launch and ramp cost per kernel
     # sm_90 limits
     regs_per_sm: int = 65536
@@ -61,6 +64,17 @@ class Device:
 
 
 H200 = Device()
+
+
+def calibrated(dev, probe):
+    """``dev`` with the constants a GPU's probes measured (benchmarks/bench_device.py's JSON,
+    its "model" part) in place of the assumed ones."""
+    return dataclasses.replace(dev, **probe["model"])
+
+
+def load_device(probe_path=None, dev=H200):
+    """``dev``, calibrated by the probe JSON file at ``probe_path`` when one is given."""
+    return calibrated(dev, json.loads(Path(probe_path).read_text())) if probe_path else dev
 ROOT = Path(__file__).resolve().parent.parent
 
 _SMEM = re.compile(r"(\d+) bytes smem")
@@ -198,7 +212,7 @@ def model_launch(profile, usage, dev=H200):
     work = {
         "dram": (c["dram_bytes"] / dev.dram_bw, dev.warps_hide_memory),
         "l2": (32 * l2_sectors / dev.l2_bw, dev.warps_hide_memory),
-        "shared": (wavefronts / (dev.sms * dev.clock_hz), 0),
+        "shared": (wavefronts / (dev.sms * dev.smem_wavefronts_per_s), 0),
         "fp32": (flops / dev.fp32_flops, dev.warps_hide_fma),
         "tensor": (tensor_seconds(c, dev), dev.warps_hide_fma),
     }

@@ -35,6 +35,17 @@ def test_kernel_benchmark_small_on_emu(tmp_path):
     assert "wrote" in stdout
 
 
+def test_device_probes_run_and_check_on_emu(tmp_path):
+    """bench_device.py on the emulator: every probe runs at a small size and its result is
+    checked against NumPy (nothing is timed there)."""
+    out = tmp_path / "probe.json"
+    stdout = run("bench_device.py", "--backend", "emu", "--out", str(out))
+    assert "matched NumPy" in stdout
+    r = json.loads(out.read_text())
+    assert len(r["read"]) == 2 * 4 and r["latency_ns"] == {"l1": None, "l2": None, "dram": None}
+    assert "model" not in r  # no constants from an untimed run
+
+
 def test_alexnet_benchmark_small_on_numpy(tmp_path):
     out = tmp_path / "alexnet.json"
     run("bench_alexnet.py", "--config", "cifar-small", "--backend", "numpy", "--devices", "1",

@@ -113,6 +113,33 @@ def test_latency_slows_a_wave_of_few_warps():
     assert m["seconds"] - dev.launch_s == pytest.approx(32 * 10 ** 6 / (dev.dram_bw / dev.sms) * 4)
 
 
+def test_a_gpus_probes_replace_the_assumed_constants(tmp_path):
+    """bench_device.py's "model" constants go into the Device; the L2 term follows l2_bw."""
+    import bench_device
+    read = [{"warps_per_sm": w, "ilp": i, "bytes_per_s": 1e12 * min(4.0, w * i / 32)}
+            for w in (4, 8, 16, 32, 64) for i in (1, 2, 4, 8)]
+    probe = {"read": read, "l2_read_bytes_per_s": 3.5e12, "fp32_flops": 60e12,
+             "mma_tf32_flops": 300e12, "mma_bf16_flops": 600e12,
+             "smem_wavefronts_per_sm_per_s": 1.5e9}
+    probe["model"] = bench_device.model_constants(probe)
+    # 64 warps with one load each reach 2 of the best 4 TB/s: the rule needs 128 warps
+    assert probe["model"]["warps_hide_memory"] == pytest.approx(128)
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(probe))
+    dev = emu_model.load_device(path)
+    assert (dev.l2_bw, dev.fp32_flops, dev.tf32_flops, dev.bf16_flops) == (3.5e12, 60e12, 300e12, 600e12)
+    assert dev.smem_wavefronts_per_s == 1.5e9 and dev.sms == emu_model.H200.sms
+    assert emu_model.load_device(None) is emu_model.H200
+    p = profile(blocks_total=132 * 8, blocks_run=1, global_load_sectors=10 ** 6, global_store_sectors=0,
+                arrays=[{"arg": 0, "bytes": 32 * 10 ** 9, "unique_load_sectors": 10 ** 4,
+                         "unique_store_sectors": 0, "requested_load_sectors": 10 ** 6,
+                         "requested_store_sectors": 0}])
+    assumed, measured = (emu_model.model_launch(p, {}, d)["terms"]["l2"]
+                         for d in (emu_model.H200, dev))
+    # half the L2 rate, and 64 warps hide half the latency under the measured rule
+    assert measured == pytest.approx(assumed * (7e12 / 3.5e12) * (128 / 64))
+
+
 def test_spearman():
     assert emu_model.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
     assert emu_model.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
