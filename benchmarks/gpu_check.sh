@@ -2,11 +2,12 @@
 # The prepared GPU check. On a machine with an NVIDIA GPU and no network it installs
 # pyalexnet from this working tree using only packages already there (CuPy, NumPy,
 # Pillow, pybind11, pytest, PyTorch), runs the whole test suite on the cuda backend, the
-# kernel benchmark (fp32, then the tensor-core rows) and whole training steps against
+# kernel benchmark (fp32, then the tensor-core rows), the device probes of the emulator's
+# model (benchmarks/bench_device.py) and whole training steps against
 # PyTorch in fp32 (implicit GEMM, then --conv-algo auto), tf32 and bf16, and writes
 # summary.json, steps.log and logs.tar.gz (every log) into $OUT (default: a new temporary
-# folder). Budget: about 9 minutes at most (every step has a timeout; the
-# crash reruns take at most 4 of them).
+# folder). Budget: BUDGET seconds (540) for everything before the summary; each step's
+# timeout is cut to what is left, the crash reruns run last.
 #
 # A crash leaves evidence in crash/ (in logs.tar.gz): the compiler and flags the emulator
 # was built with, every pytest worker's faulthandler output (in the pytest logs), a gdb
@@ -22,6 +23,13 @@ mkdir -p "$OUT"
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/pyalexnet-cupy-cache}
 T0=$(date +%s)
 step() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.log"; }
+# Every step's timeout is cut to what is left of BUDGET seconds, so the summary and the
+# packing always run before the device tool's 600 s limit on one command.
+BUDGET=${BUDGET:-540}
+cap() {
+  local left=$(( BUDGET - ($(date +%s) - T0) ))
+  if [ "$left" -lt "$1" ]; then echo $(( left > 1 ? left : 1 )); else echo "$1"; fi
+}
 mkdir -p "$OUT/crash"
 # core dumps: into $OUT/crash where the kernel lets us choose, else wherever core_pattern says
 ulimit -c unlimited 2>/dev/null || true
@@ -54,65 +62,74 @@ step "test suite on the cuda backend"
 # pytest-xdist is there; each emulator then uses two OS threads.
 PARALLEL=()
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
-PYALEXNET_TEST_BACKENDS=cuda PYALEXNET_EMU_THREADS=2 timeout "${TEST_TIMEOUT:-150}" \
+PYALEXNET_TEST_BACKENDS=cuda PYALEXNET_EMU_THREADS=2 timeout "$(cap "${TEST_TIMEOUT:-150}")" \
   "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests \
   --junitxml="$OUT/junit-cuda.xml" > "$OUT/pytest-cuda.log" 2>&1
 echo "pytest exit $?" >> "$OUT/pytest-cuda.log"
 tail -3 "$OUT/pytest-cuda.log" | tee -a "$OUT/steps.log"
 
-step "emulator tests alone, 8 workers, twice (reproduce a crash)"
-for i in 1 2; do
-  timeout 60 "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests/test_emulator.py \
-    > "$OUT/crash/pytest-emulator-$i.log" 2>&1
-  echo "pytest exit $?" >> "$OUT/crash/pytest-emulator-$i.log"
-done
-grep -h "pytest exit\|passed\|failed\|crashed" "$OUT"/crash/pytest-emulator-*.log | tee -a "$OUT/steps.log"
-if LIBS=$(timeout 150 "$PY" kernels/emu/build.py asan 2>>"$OUT/crash/asan.log" >/dev/null && "$PY" -c \
-    "import sys; sys.path.insert(0, 'kernels/emu'); import build; print(build.sanitizer_runtime())"); then
-  step "emulator tests on the ASan/UBSan build"
-  ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:handle_segv=0:allow_user_segv_handler=1 \
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LD_PRELOAD="$LIBS" PYALEXNET_EMU_TEST_BUILD=asan \
-    timeout 90 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_emulator.py >> "$OUT/crash/asan.log" 2>&1
-  echo "pytest exit $?" >> "$OUT/crash/asan.log"
-fi
-# a backtrace of every core dump (the core itself too, when small enough to bring back)
-for c in core core.[0-9]*; do [ -f "$c" ] && mv "$c" "$OUT/crash/"; done
-for core in "$OUT"/crash/core*; do
-  [ -f "$core" ] && [ "${core%.bt.txt}" = "$core" ] && [ "${core%_pattern.txt}" = "$core" ] || continue
-  gdb -batch -ex "info sharedlibrary" -ex "thread apply all bt" "$PY" "$core" > "$core.bt.txt" 2>&1 || true
-  [ "$(stat -c %s "$core")" -lt 200000000 ] || rm -f "$core"
-done
-
 step "kernel benchmark (batch 128, vs cuDNN/cuBLAS)"
-timeout "${BENCH_TIMEOUT:-90}" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision fp32 \
+timeout "$(cap "${BENCH_TIMEOUT:-90}")" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision fp32 \
   --out "$OUT/kernels.json" > "$OUT/bench_kernels.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_kernels.log"
-
-# conv and fc rows in tf32 and bf16, and the [bf16] rows of the memory-bound layers that
-# bf16 training runs on bf16 activations
-step "tensor-core kernels (tf32, bf16 vs PyTorch at the same precision)"
-timeout "${TC_BENCH_TIMEOUT:-180}" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision tf32 bf16 \
-  --only conv fc "[bf16]" --out "$OUT/kernels_tc.json" > "$OUT/bench_kernels_tc.log" 2>&1
-echo "bench exit $?" >> "$OUT/bench_kernels_tc.log"
 
 # Whole training steps, ours against PyTorch on the same GPU and batch (128): fp32 as
 # captured graphs (TF32 off on both sides; torch.compile as a second anchor), then tf32 and
 # bf16 (PyTorch with TF32 on / autocast(bfloat16)). Each first checks equal work in fp32.
 step "whole step vs PyTorch, fp32 (captured graphs; eager and torch.compile anchors)"
-timeout "${E2E_TIMEOUT:-150}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
+timeout "$(cap "${E2E_TIMEOUT:-150}")" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
   --max-seconds 15 --out "$OUT/alexnet.json" > "$OUT/bench_alexnet.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_alexnet.log"
 step "whole step vs PyTorch, fp32, --conv-algo auto (Winograd where the cost model picks it)"
-timeout "${E2E_PREC_TIMEOUT:-60}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
+timeout "$(cap "${E2E_PREC_TIMEOUT:-60}")" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
   --conv-algo auto --no-compile --max-seconds 10 --out "$OUT/alexnet_auto.json" \
   > "$OUT/bench_alexnet_auto.log" 2>&1
 echo "bench exit $?" >> "$OUT/bench_alexnet_auto.log"
+
+# conv and fc rows in tf32 and bf16, and the [bf16] rows of the memory-bound layers that
+# bf16 training runs on bf16 activations
+step "tensor-core kernels (tf32, bf16 vs PyTorch at the same precision)"
+timeout "$(cap "${TC_BENCH_TIMEOUT:-180}")" "$PY" benchmarks/bench_kernels.py --repeats 10 --precision tf32 bf16 \
+  --only conv fc "[bf16]" --out "$OUT/kernels_tc.json" > "$OUT/bench_kernels_tc.log" 2>&1
+echo "bench exit $?" >> "$OUT/bench_kernels_tc.log"
+
 for pr in tf32 bf16; do
   step "whole step vs PyTorch, $pr"
-  timeout "${E2E_PREC_TIMEOUT:-60}" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
+  timeout "$(cap "${E2E_PREC_TIMEOUT:-60}")" "$PY" benchmarks/bench_alexnet.py --devices 1 --cuda-graph \
     --precision "$pr" --no-compile --max-seconds 10 --out "$OUT/alexnet_$pr.json" \
     > "$OUT/bench_alexnet_$pr.log" 2>&1
   echo "bench exit $?" >> "$OUT/bench_alexnet_$pr.log"
+done
+
+# the rates and latencies the emulator's model assumes (bench_kernels.py --emulated
+# --device-probe device_probe.json puts them in its place)
+step "device probes (memory rate against warps and loads in flight, latencies, peaks)"
+timeout "$(cap "${PROBE_TIMEOUT:-90}")" "$PY" benchmarks/bench_device.py --out "$OUT/device_probe.json" \
+  > "$OUT/bench_device.log" 2>&1
+echo "bench exit $?" >> "$OUT/bench_device.log"
+
+# Crash evidence last: the measurements above matter more if time runs short.
+step "emulator tests alone, 8 workers, twice (reproduce a crash)"
+for i in 1 2; do
+  timeout "$(cap 60)" "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests/test_emulator.py \
+    > "$OUT/crash/pytest-emulator-$i.log" 2>&1
+  echo "pytest exit $?" >> "$OUT/crash/pytest-emulator-$i.log"
+done
+grep -h "pytest exit\|passed\|failed\|crashed" "$OUT"/crash/pytest-emulator-*.log | tee -a "$OUT/steps.log"
+if LIBS=$(timeout "$(cap 150)" "$PY" kernels/emu/build.py asan 2>>"$OUT/crash/asan.log" >/dev/null && "$PY" -c \
+    "import sys; sys.path.insert(0, 'kernels/emu'); import build; print(build.sanitizer_runtime())"); then
+  step "emulator tests on the ASan/UBSan build"
+  ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:handle_segv=0:allow_user_segv_handler=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LD_PRELOAD="$LIBS" PYALEXNET_EMU_TEST_BUILD=asan \
+    timeout "$(cap 90)" "$PY" -m pytest -q -s -p no:cacheprovider tests/test_emulator.py >> "$OUT/crash/asan.log" 2>&1
+  echo "pytest exit $?" >> "$OUT/crash/asan.log"
+fi
+# a gdb backtrace of every core dump (the cores themselves stay out of logs.tar.gz)
+for c in core core.[0-9]*; do [ -f "$c" ] && mv "$c" "$OUT/crash/"; done
+for core in "$OUT"/crash/core*; do
+  [ -f "$core" ] && [ "${core%.bt.txt}" = "$core" ] && [ "${core%_pattern.txt}" = "$core" ] || continue
+  gdb -batch -ex "info sharedlibrary" -ex "thread apply all bt" "$PY" "$core" > "$core.bt.txt" 2>&1 || true
+  [ "$(stat -c %s "$core")" -lt 200000000 ] || rm -f "$core"
 done
 
 step "summary"
@@ -129,7 +146,8 @@ if junit.exists():
     s["tests"]["seconds"] = float(suite.get("time", 0))
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-for name in ("kernels", "kernels_tc", "alexnet", "alexnet_auto", "alexnet_tf32", "alexnet_bf16"):
+for name in ("kernels", "device_probe", "kernels_tc", "alexnet", "alexnet_auto", "alexnet_tf32",
+             "alexnet_bf16"):
     p = out / f"{name}.json"
     if p.exists():
         s[name] = json.loads(p.read_text())
