@@ -140,10 +140,14 @@ def occupancy(threads, registers, shared_bytes, dev=H200):
 
 
 def l1_hits(profile, blocks_per_sm, smem_per_block, dev=H200):
-    """Load sectors of the blocks run that L1 serves: a block's repeated reads of the arrays
-    whose per-block shares (smallest first) fit, times the blocks resident on an SM, in the
-    L1 that shared memory leaves."""
+    """Load sectors of the blocks run that L1 serves. Each resident block gets an equal share
+    of the L1 that shared memory leaves, as an LRU cache: it hits the loads whose reuse
+    distance (profile's load_reuse_sectors) is below its share, in sectors. Profiles
+    without reuse distances: a block's repeated reads of the arrays whose per-block shares
+    (smallest first) fit in the L1 beside the other resident blocks'."""
     room = dev.l1_smem_bytes - blocks_per_sm * (smem_per_block + dev.smem_reserved_per_block)
+    if "load_reuse_sectors" in profile:
+        return reuse_hits(profile["load_reuse_sectors"], room / max(1, blocks_per_sm) / 32)
     runs = max(1, profile["blocks_run"])
     hits = 0
     for a in sorted(profile["arrays"], key=lambda a: a.get("block_unique_load_sectors", 0)):
@@ -152,6 +156,16 @@ def l1_hits(profile, blocks_per_sm, smem_per_block, dev=H200):
         if room < 0:
             break
         hits += a["requested_load_sectors"] - own
+    return hits
+
+
+def reuse_hits(buckets, capacity):
+    """Loads an LRU cache of ``capacity`` sectors hits, from reuse distance buckets (0:
+    distance 0; b >= 1: [2^(b-1), 2^b)), spread evenly within each bucket."""
+    hits = 0.0
+    for b, n in enumerate(buckets):
+        lo, hi = (0, 1) if b == 0 else (2 ** (b - 1), 2 ** b)
+        hits += n * min(1.0, max(0.0, (capacity - lo) / (hi - lo)))
     return hits
 
 

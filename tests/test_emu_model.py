@@ -75,6 +75,23 @@ def test_a_blocks_rereads_hit_l1_while_its_arrays_fit():
     assert c["l2_load_sectors"] == 4 * (2 * table + 2 * 2 * stream)  # scaled by 8 / 2 blocks
 
 
+def test_an_lru_share_hits_the_loads_within_its_reuse_distance():
+    """Loads at distance 0, 127 and 1000 (buckets 0, 7 and 10): a 128-sector share hits
+    the first two; 64 sectors only the first (127 >= 64); the bucket [512, 1024) holds
+    1000, spread evenly: a 768-sector share takes half of it."""
+    buckets = [0] * 40
+    buckets[0], buckets[7], buckets[10] = 5, 7, 11
+    assert emu_model.reuse_hits(buckets, 128) == 5 + 7
+    assert emu_model.reuse_hits(buckets, 64) == 5
+    assert emu_model.reuse_hits(buckets, 768) == pytest.approx(5 + 7 + 11 / 2)
+    assert emu_model.reuse_hits(buckets, 0) == 0
+    # through l1_hits: 4 blocks of 32 KiB shared memory leave (256 - 4 * 33) / 4 = 31 KiB
+    # each, 992 sectors: all of buckets 0 and 7, (992 - 512) / 512 of bucket 10
+    p = profile(load_reuse_sectors=buckets)
+    assert emu_model.l1_hits(p, blocks_per_sm=4, smem_per_block=32 * 1024) == \
+        pytest.approx(5 + 7 + 11 * (992 - 512) / 512)
+
+
 def test_modeled_time_follows_the_bound():
     base = emu_model.model_launch(profile(), {})
     more = emu_model.model_launch(profile(flops=10 ** 12), {})

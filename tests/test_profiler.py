@@ -212,6 +212,20 @@ def test_distinct_sectors_per_block_and_over_the_launch():
     assert out["unique_store_sectors"] == out["block_unique_store_sectors"] == blocks * 8
 
 
+def test_reuse_distances_of_repeated_passes():
+    """A warp reads 1024 floats (128 sectors) 3 times: the first pass's loads are its
+    block's first; every later load finds the other 127 sectors loaded since its last
+    (reuse distance 127: bucket 7, [64, 128)). The second block starts afresh."""
+    x = np.arange(1024, dtype=np.float32)
+    y = np.zeros(2 * 32, np.float32)
+    p = profiled("prof_passes", 2, 32, [x, y, np.int32(1024), np.int32(3)])
+    np.testing.assert_array_equal(y, np.tile(3 * x.reshape(32, 32).sum(axis=0), 2))
+    assert p["global_load_sectors"] == 2 * 3 * 128
+    assert p["load_first_sectors"] == 2 * 128
+    reuse = p["load_reuse_sectors"]
+    assert reuse[7] == 2 * 2 * 128 and sum(reuse) == reuse[7]
+
+
 def test_product_build_is_not_instrumented():
     """Free when off: pyalexnet._emu has no coverage callbacks at all."""
     import pyalexnet._emu as product

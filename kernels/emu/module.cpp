@@ -74,6 +74,10 @@ static py::dict profile_dict(const cuemu::prof::Result& r) {
     d[(std::string("mma_") + format[f]).c_str()] = c.mma[f];
     d[(std::string("tensor_flops_") + format[f]).c_str()] = c.tensor_flops[f];
   }
+  py::list reuse;
+  for (int b = 0; b < cuemu::prof::REUSE_BUCKETS; ++b) reuse.append(c.load_reuse[b]);
+  d["load_reuse_sectors"] = reuse;
+  d["load_first_sectors"] = c.load_first;
   d["barriers"] = c.barriers;
   d["atomics_global"] = c.atomics_global;
   d["atomics_shared"] = c.atomics_shared;

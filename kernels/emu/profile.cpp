@@ -30,6 +30,8 @@ void Counters::add(const Counters& o) {
     mma[f] += o.mma[f];
     tensor_flops[f] += o.tensor_flops[f];
   }
+  for (int b = 0; b < REUSE_BUCKETS; ++b) load_reuse[b] += o.load_reuse[b];
+  load_first += o.load_first;
   barriers += o.barriers;
   atomics_global += o.atomics_global;
   atomics_shared += o.atomics_shared;
@@ -46,6 +48,60 @@ struct PerArray {
   uint64_t block_unique[2] = {0, 0};      // their count, summed over blocks
   uint64_t requested[2] = {0, 0};
 };
+
+// LRU stack distances of one block's sector loads (Mattson et al. 1970): a Fenwick tree
+// over access times marks each sector's latest access, so the distinct sectors since a
+// sector's previous access are the marks after it, counted in O(log n).
+class ReuseStack {
+ public:
+  void reset() {
+    last_.clear();
+    tree_.assign(1 << 12, 0);
+    now_ = 0;
+  }
+  // The reuse distance of this access to `key`, or -1 for its first in the block.
+  int64_t touch(uint64_t key) {
+    if (now_ + 2 >= tree_.size()) grow();
+    int64_t d = -1;
+    auto it = last_.find(key);
+    if (it == last_.end()) {
+      last_.emplace(key, now_);
+    } else {
+      d = before(now_) - before(it->second + 1);
+      mark(it->second, -1);
+      it->second = now_;
+    }
+    mark(now_, +1);
+    ++now_;
+    return d;
+  }
+
+ private:
+  void mark(uint32_t t, int v) {
+    for (size_t i = t + 1; i < tree_.size(); i += i & (0 - i)) tree_[i] += v;
+  }
+  int64_t before(uint32_t t) const {  // marks at times < t
+    int64_t s = 0;
+    for (size_t i = t; i > 0; i -= i & (0 - i)) s += tree_[i];
+    return s;
+  }
+  void grow() {
+    tree_.assign(2 * tree_.size(), 0);
+    for (const auto& kv : last_) mark(kv.second, +1);
+  }
+  std::unordered_map<uint64_t, uint32_t> last_;  // sector -> time of its latest load
+  std::vector<int32_t> tree_;
+  uint32_t now_ = 0;
+};
+
+int reuse_bucket(int64_t d) {
+  int b = 0;
+  while (d > 0 && b < REUSE_BUCKETS - 1) {
+    d >>= 1;
+    ++b;
+  }
+  return b;
+}
 
 struct LaunchState {
   std::mutex mu;
@@ -117,6 +173,7 @@ struct Worker {
   std::unordered_map<uintptr_t, std::vector<uint32_t>> lane_runs;
   Counters c;
   std::vector<PerArray> arrays;
+  ReuseStack reuse;  // the current block's
 };
 thread_local Worker W;
 
@@ -149,13 +206,20 @@ void finish(const Group& g) {
     for (int l = 0; l < g.n; ++l) {
       uint64_t first = g.addr[l] >> 5, last = (g.addr[l] + g.size - 1) >> 5;
       for (uint64_t s = first; s <= last && ns < 64; ++s) {
-        sec[ns++] = s;
+        sec[ns++] = (uint64_t)g.buf[l] << 48 | s;  // sectors count per array
         W.arrays[g.buf[l]].unique[k].insert(s);
         W.arrays[g.buf[l]].block[k].insert(s);
       }
     }
     std::sort(sec, sec + ns);
     int uniq = (int)(std::unique(sec, sec + ns) - sec);
+    if (k == LOAD) {
+      for (int i = 0; i < uniq; ++i) {
+        int64_t d = W.reuse.touch(sec[i]);
+        if (d < 0) c.load_first += 1;
+        else c.load_reuse[reuse_bucket(d)] += 1;
+      }
+    }
     c.g_requests[k] += 1;
     c.g_sectors[k] += uniq;
     c.g_bytes[k] += (uint64_t)g.n * g.size;
@@ -289,6 +353,7 @@ void block_begin(int nthreads) {
   W.mute = 0;           // nor left the scope it faulted in
   for (PerArray& a : W.arrays)
     for (auto& b : a.block) b.clear();
+  W.reuse.reset();
   W.on = true;
 }
 

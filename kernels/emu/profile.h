@@ -23,6 +23,8 @@ namespace prof {
 
 enum { LOAD = 0, STORE = 1 };
 enum { MMA_TF32 = 0, MMA_BF16 = 1, MMA_FORMATS = 2 };
+// Reuse distance buckets: 0 holds distance 0, bucket b >= 1 distances in [2^(b-1), 2^b).
+enum { REUSE_BUCKETS = 40 };
 
 struct Buffer {
   uintptr_t lo, hi;  // [lo, hi)
@@ -36,6 +38,11 @@ struct Counters {
   uint64_t barriers = 0, atomics_global = 0, atomics_shared = 0, blocks = 0;
   // tensor-core mma instructions (one per warp) and their FLOPs, per operand format
   uint64_t mma[MMA_FORMATS] = {}, tensor_flops[MMA_FORMATS] = {};
+  // Global load sectors by reuse distance within their block: the distinct sectors (of
+  // any array) the block loaded since it last loaded this one (LRU stack distance, so an
+  // LRU cache of C sectors per block hits exactly the loads at distance < C); first loads
+  // of a sector in the block are `load_first`.
+  uint64_t load_reuse[REUSE_BUCKETS] = {}, load_first = 0;
   void add(const Counters& o);
 };
 

@@ -68,3 +68,11 @@ extern "C" __global__ void prof_mma_chain(const float* x, float* y, int n, int b
   }
   y[i] = d[0];
 }
+
+// Each block's one warp reads x[0, n) `passes` times over, lane l the floats l, l + 32, ...
+extern "C" __global__ void prof_passes(const float* x, float* y, int n, int passes) {
+  float s = 0.0f;
+  for (int p = 0; p < passes; ++p)
+    for (int i = threadIdx.x; i < n; i += 32) s += x[i];
+  y[blockIdx.x * 32 + threadIdx.x] = s;
+}
