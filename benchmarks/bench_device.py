@@ -55,9 +55,9 @@ class Probe:
         else:
             self.sms, self.clock_hz, self.name = 2, None, f"{be.name} (not timed)"
 
-    def run(self, kernel, grid, block, args, smem=0):
+    def run(self, kernel, grid, block, args):
         """The launch's time in ms on a GPU (None elsewhere, where it runs once)."""
-        go = lambda: self.be.launch(KERNELS, kernel, grid, block, args, smem)  # noqa: E731
+        go = lambda: self.be.launch(KERNELS, kernel, grid, block, args)  # noqa: E731
         if not self.gpu:
             go()
             return None
@@ -127,8 +127,8 @@ class Probe:
         ms = self.run(f"probe_mma_{fmt}", grid, block, [out, i32(iters)])
         k = {"tf32": 8, "bf16": 16}[fmt]
         # 4 tiles x 4 values, each iters * k * (1/256) * 1
-        np.testing.assert_array_equal(self.be.to_numpy(out), np.full(grid * block, 16 * iters * k / 256),
-                                      f"probe_mma_{fmt}")
+        want = np.full(grid * block, 16 * iters * k / 256)
+        np.testing.assert_array_equal(self.be.to_numpy(out), want, f"probe_mma_{fmt}")
         return ms, grid * block // 32 * iters * 4 * 2 * 16 * 8 * k
 
 

@@ -75,6 +75,8 @@ def calibrated(dev, probe):
 def load_device(probe_path=None, dev=H200):
     """``dev``, calibrated by the probe JSON file at ``probe_path`` when one is given."""
     return calibrated(dev, json.loads(Path(probe_path).read_text())) if probe_path else dev
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 _SMEM = re.compile(r"(\d+) bytes smem")

@@ -76,5 +76,6 @@ def test_numpy_backend_takes_the_same_choices(recorded):
 
 
 def test_unknown_algorithm_is_refused():
-    with pytest.raises(ValueError, match=r"conv_algo must be one of \('gemm', 'auto'\), got 'fast'"):
+    with pytest.raises(ValueError,
+                       match=r"conv_algo must be one of \('gemm', 'auto'\), got 'fast'"):
         Net("cifar-small", backend="numpy", conv_algo="fast")

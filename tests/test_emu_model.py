@@ -144,11 +144,12 @@ def test_a_gpus_probes_replace_the_assumed_constants(tmp_path):
     path = tmp_path / "probe.json"
     path.write_text(json.dumps(probe))
     dev = emu_model.load_device(path)
-    assert (dev.l2_bw, dev.fp32_flops, dev.tf32_flops, dev.bf16_flops) == (3.5e12, 60e12, 300e12, 600e12)
+    assert (dev.l2_bw, dev.fp32_flops, dev.tf32_flops, dev.bf16_flops) == \
+        (3.5e12, 60e12, 300e12, 600e12)
     assert dev.smem_wavefronts_per_s == 1.5e9 and dev.sms == emu_model.H200.sms
     assert emu_model.load_device(None) is emu_model.H200
-    p = profile(blocks_total=132 * 8, blocks_run=1, global_load_sectors=10 ** 6, global_store_sectors=0,
-                arrays=[{"arg": 0, "bytes": 32 * 10 ** 9, "unique_load_sectors": 10 ** 4,
+    p = profile(blocks_total=132 * 8, blocks_run=1, global_load_sectors=10 ** 6,
+                global_store_sectors=0, arrays=[{"arg": 0, "bytes": 32 * 10 ** 9, "unique_load_sectors": 10 ** 4,
                          "unique_store_sectors": 0, "requested_load_sectors": 10 ** 6,
                          "requested_store_sectors": 0}])
     assumed, measured = (emu_model.model_launch(p, {}, d)["terms"]["l2"]
