@@ -148,10 +148,11 @@ def test_a_gpus_probes_replace_the_assumed_constants(tmp_path):
         (3.5e12, 60e12, 300e12, 600e12)
     assert dev.smem_wavefronts_per_s == 1.5e9 and dev.sms == emu_model.H200.sms
     assert emu_model.load_device(None) is emu_model.H200
+    stream = {"arg": 0, "bytes": 32 * 10 ** 9, "unique_load_sectors": 10 ** 4,
+              "unique_store_sectors": 0, "requested_load_sectors": 10 ** 6,
+              "requested_store_sectors": 0}
     p = profile(blocks_total=132 * 8, blocks_run=1, global_load_sectors=10 ** 6,
-                global_store_sectors=0, arrays=[{"arg": 0, "bytes": 32 * 10 ** 9, "unique_load_sectors": 10 ** 4,
-                         "unique_store_sectors": 0, "requested_load_sectors": 10 ** 6,
-                         "requested_store_sectors": 0}])
+                global_store_sectors=0, arrays=[stream])
     assumed, measured = (emu_model.model_launch(p, {}, d)["terms"]["l2"]
                          for d in (emu_model.H200, dev))
     # half the L2 rate, and 64 warps hide half the latency under the measured rule
