@@ -91,17 +91,22 @@ extern "C" __global__ void probe_smem(float* __restrict__ out, int iters) {
 }
 
 // Each warp runs 4 independent accumulator tiles through `iters` mma steps with fixed
-// operands (a = 1/256 everywhere, b = the lane's value), so every tile ends at
+// operands (a = 1/256 and b = 1 everywhere), so every tile ends at
 // iters * K * a * b per element; out[thread] = the sum of its 16 accumulator values.
-extern "C" __global__ void probe_mma_tf32(float* __restrict__ out, int iters) {
-  const unsigned a1 = pa_cvt_tf32(1.0f / 256.0f);
+template <bool BF16>
+__device__ __forceinline__ void probe_mma(float* __restrict__ out, int iters) {
+  const float av = 1.0f / 256.0f;
+  const unsigned a1 = BF16 ? pa_pack_bf16x2(av, av) : pa_cvt_tf32(av);
   const unsigned a[4] = {a1, a1, a1, a1};
-  const unsigned b1 = pa_cvt_tf32(1.0f);
+  const unsigned b1 = BF16 ? pa_pack_bf16x2(1.0f, 1.0f) : pa_cvt_tf32(1.0f);
   const unsigned b[2] = {b1, b1};
   float d[4][4] = {};
   for (int i = 0; i < iters; ++i) {
 #pragma unroll
-    for (int t = 0; t < 4; ++t) pa_mma_m16n8k8_tf32(d[t], a, b, d[t]);
+    for (int t = 0; t < 4; ++t) {
+      if (BF16) pa_mma_m16n8k16_bf16(d[t], a, b, d[t]);
+      else pa_mma_m16n8k8_tf32(d[t], a, b, d[t]);
+    }
   }
   float s = 0.0f;
 #pragma unroll
@@ -109,18 +114,9 @@ extern "C" __global__ void probe_mma_tf32(float* __restrict__ out, int iters) {
   out[(long long)blockIdx.x * blockDim.x + threadIdx.x] = s;
 }
 
+extern "C" __global__ void probe_mma_tf32(float* __restrict__ out, int iters) {
+  probe_mma<false>(out, iters);
+}
 extern "C" __global__ void probe_mma_bf16(float* __restrict__ out, int iters) {
-  const unsigned a1 = pa_pack_bf16x2(1.0f / 256.0f, 1.0f / 256.0f);
-  const unsigned a[4] = {a1, a1, a1, a1};
-  const unsigned b1 = pa_pack_bf16x2(1.0f, 1.0f);
-  const unsigned b[2] = {b1, b1};
-  float d[4][4] = {};
-  for (int i = 0; i < iters; ++i) {
-#pragma unroll
-    for (int t = 0; t < 4; ++t) pa_mma_m16n8k16_bf16(d[t], a, b, d[t]);
-  }
-  float s = 0.0f;
-#pragma unroll
-  for (int t = 0; t < 4; ++t) s += d[t][0] + d[t][1] + d[t][2] + d[t][3];
-  out[(long long)blockIdx.x * blockDim.x + threadIdx.x] = s;
+  probe_mma<true>(out, iters);
 }
