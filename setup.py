@@ -85,7 +85,7 @@ setup(
         "cuda13": ["cupy-cuda13x>=13"],
         "cuda12": ["cupy-cuda12x>=13"],
         # threadpoolctl: which BLAS kernels NumPy runs, for tests/test_golden.py's exact check
-        "test": ["pytest>=7", "pybind11>=2.11", "threadpoolctl>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "pybind11>=2.11", "threadpoolctl>=3"],
         # torch.distributed moves the gradients between processes (torchrun). Install the
         # CPU build first (pip install torch==2.13.0) where a CUDA build must not be pulled.
         "distributed": ["torch>=2.4,<3"],
