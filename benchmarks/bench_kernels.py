@@ -227,6 +227,11 @@ class Builder:
                  ours=lambda: conv.conv2d_forward(be, x, w, None, s, p, g),
                  expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
                  baseline=self.timed(fwd)),
+            # the 128x128 tile at two resident blocks per SM, against the planned tile
+            Case(f"{name} forward v2", shape, flops=flops, replaces=f"{name} forward",
+                 ours=lambda: conv.conv2d_forward(be, x, w, None, s, p, g, version=2),
+                 expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
+                 baseline=self.timed(fwd)),
             Case(f"{name} backward data", shape, flops=flops,
                  ours=lambda: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g),
                  expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(

@@ -442,6 +442,23 @@ CONV_ENTRY_POINTS(64, 128)
 CONV_ENTRY_POINTS(64, 64)
 #undef CONV_ENTRY_POINTS
 
+// Forward v2: the 128x128 tile (an 8x8 register tile a thread: 4 FMAs per shared-memory
+// word read, against 2.7 for 128x64's 8x4) held to 128 registers so that two blocks (16
+// warps) stay resident per SM; v1's 128x128 takes 137 registers on sm_90, one block a SM.
+// sm_90's ptxas fits 128 without spilling only when asked; sm_80's uses 128 unasked and
+// spills 4 bytes when asked. Same kk order as every forward tile: the same bits.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define CONV_FWD_V2_BOUNDS __launch_bounds__(CONV_THREADS, 2)
+#else
+#define CONV_FWD_V2_BOUNDS __launch_bounds__(CONV_THREADS)
+#endif
+extern "C" __global__ void CONV_FWD_V2_BOUNDS conv_fwd_v2_128x128(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    float* __restrict__ y, CONV_DIM_PARAMS, int has_bias, int relu) {
+  conv_fwd<128, 128>(x, w, bias, y, CONV_DIM_ARGS, has_bias, relu);
+}
+#undef CONV_FWD_V2_BOUNDS
+
 // Filter gradient v2: the same product, with a register cap per tile so that a known
 // number of blocks stays resident per SM (the launcher's split model counts on it:
 // FILTER_V2_BLOCKS_PER_SM in pyalexnet/ops/conv.py). v1's 128x128 tile takes 129

@@ -156,6 +156,24 @@ def test_every_kernel(kernel_backend, rng, tile, case):
     _check_all_passes(kernel_backend, rng, *case, tile=tile)
 
 
+# Forward v2 (the 128x128 tile at two resident blocks per SM) on shapes with partial tiles
+# in rows (129, 130 filters), columns and the reduction, strides 1-4, groups: the reference,
+# and the bits of every v1 tile (all accumulate in the same kk order).
+@pytest.mark.parametrize("case", [ODD[2], ODD[6], ODD[8], ODD[11]],
+                         ids=["odd2", "odd6", "odd8", "odd11"])
+def test_forward_v2(kernel_backend, rng, case):
+    be = kernel_backend
+    x_shape, w_shape, stride, pad, groups = case
+    x, w, b, _ = _data(rng, *case)
+    X, W, B = (be.asarray(a) for a in (x, w, b))
+    y = be.to_numpy(conv2d_forward(be, X, W, B, stride, pad, groups, relu=True, version=2))
+    ref = conv2d_forward_reference(*_f64(x, w, b), stride, pad, groups, relu=True)
+    assert_matches_reference(y, ref, reduction=int(np.prod(w_shape[1:])), what="forward v2")
+    for tile in TILES:
+        v1 = be.to_numpy(conv2d_forward(be, X, W, B, stride, pad, groups, relu=True, tile=tile))
+        np.testing.assert_array_equal(y, v1, err_msg=f"forward v2 against v1 tile {tile}")
+
+
 def test_numpy_backend_runs_the_reference(rng):
     be = get_backend("numpy")
     x, w, b, dy = _data(rng, *ODD[1])
@@ -247,6 +265,8 @@ def test_output_shape():
     ((2, 6, 8, 8), (4, 6, 3), {}, "must be 4-D"),
     ((2, 6, 8, 8), (4, 6, 3, 3), {"stride": 0}, "stride must be >= 1"),
     ((2, 6, 8, 8), (4, 6, 3, 3), {"pad": -1}, "pad must be >= 0"),
+    ((2, 6, 8, 8), (4, 6, 3, 3), {"version": 3}, "forward version must be one of"),
+    ((2, 6, 8, 8), (4, 6, 3, 3), {"version": 2, "tile": (64, 64)}, "runs the tile"),
 ])
 def test_bad_arguments(backend, x_shape, w_shape, kwargs, message):
     x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)

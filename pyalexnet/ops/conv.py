@@ -23,8 +23,8 @@ from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64
 from .bias import bias_backward
 from .conv_mma import _mma_backward_data, _mma_backward_filter, _mma_forward
 from .conv_plan import (  # noqa: F401  (the planners are part of the op's interface)
-    ALGOS, CHUNK, FILTER_V2_BLOCKS_PER_SM, FILTER_VERSIONS, HBM_BYTES_PER_US, LAUNCH_US,
-    MIN_SPLIT, SM_FMA_PER_US, TARGET_SMS, TILE_SPEED, TILES, _as_int, _check_dy, _filter_plan,
+    ALGOS, CHUNK, FILTER_V2_BLOCKS_PER_SM, FILTER_VERSIONS, FORWARD_V2_TILE, FORWARD_VERSIONS,
+    HBM_BYTES_PER_US, LAUNCH_US, MIN_SPLIT, SM_FMA_PER_US, TARGET_SMS, TILE_SPEED, TILES, _as_int, _check_dy, _filter_plan,
     _check_kernel_args, _dims, _geometry, _grid, _resolve_algo, _tile, conv2d_backward_filter_workspace_size, conv2d_output_shape,
     conv2d_workspace_size, filter_v2_cost_us, filter_v2_plan, pick_algo, pick_splits, pick_tile)
 from .precision import BF16, check_precision, fp32_operand, operand, to_bf16
@@ -114,7 +114,8 @@ def _choose_algo(precision, algo, pass_, x_shape, w_shape, stride, pad, groups, 
 
 
 def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None,
-                   algo="gemm", workspace=None, precision="fp32", out_dtype=np.float32):
+                   algo="gemm", workspace=None, precision="fp32", out_dtype=np.float32,
+                   version=1):
     """y = conv(x, w) + b, then ReLU if ``relu`` (fused in the kernel's epilogue).
 
     tile: force a kernel tile (tests, tuning): (BM, BN) for fp32, 128 or 64 for the
@@ -124,8 +125,15 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     float32 array of at least conv2d_workspace_size("forward", ...) elements.
     precision: see the module notes. out_dtype: float32, or with precision="bf16" the bf16
     bits (ops.precision.BF16) of bf16 training's activations, rounded in the epilogue.
+    version: the fp32 implicit GEMM's kernel: 1 (a tile picked from the shape) or 2 (the
+    128x128 tile at two resident blocks per SM; tile may only name it). Both give the same
+    bits; other algorithms and precisions ignore it.
     """
     check_precision(precision)
+    if version not in FORWARD_VERSIONS:
+        raise ValueError(f"conv2d: forward version must be one of {FORWARD_VERSIONS}, got {version!r}")
+    if version == 2 and tile is not None and tuple(tile) != FORWARD_V2_TILE:
+        raise ValueError(f"conv2d: forward version 2 runs the tile {FORWARD_V2_TILE} only, got {tile!r}")
     if np.dtype(out_dtype) not in (np.float32, BF16) or (np.dtype(out_dtype) == BF16
                                                          and precision != "bf16"):
         raise ValueError(f"conv2d: out_dtype must be float32, or bf16 (uint16) with "
@@ -147,8 +155,12 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     n, _, p, q = out
     y = be.empty(out)
     _check_kernel_args("forward", ("y", y))
-    tile = _tile(tile) if tile else pick_tile(k // groups, n * p * q, groups)
-    be.launch(KERNELS, "conv_fwd_%dx%d" % tile, _grid(n * p * q, k // groups, groups, tile),
+    if version == 2:
+        kernel, tile = "conv_fwd_v2_%dx%d" % FORWARD_V2_TILE, FORWARD_V2_TILE
+    else:
+        tile = _tile(tile) if tile else pick_tile(k // groups, n * p * q, groups)
+        kernel = "conv_fwd_%dx%d" % tile
+    be.launch(KERNELS, kernel, _grid(n * p * q, k // groups, groups, tile),
               THREADS, [x, w, w if b is None else b, y,
                         *_dims(x.shape, w.shape, out, stride, pad, groups),
                         i32(b is not None), i32(bool(relu))])

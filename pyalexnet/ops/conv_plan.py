@@ -26,6 +26,11 @@ MIN_SPLIT = 512                # ...but give each split at least this much reduc
 # resident blocks per SM (no 128x128: capped to two blocks it spills), and a split count
 # from a model of waves of resident blocks plus the split reduction's memory traffic.
 FILTER_VERSIONS = (1, 2)
+# Forward, version 2 (version=2): the 128x128 tile held to 128 registers, so two blocks
+# stay resident per SM (kernels/conv.cu, conv_fwd_v2_128x128); version 1 picks one of the
+# four tiles above. Not the default until a GPU has timed it.
+FORWARD_VERSIONS = (1, 2)
+FORWARD_V2_TILE = (128, 128)
 FILTER_V2_BLOCKS_PER_SM = {(128, 64): 3, (64, 128): 3, (64, 64): 5}
 SM_FMA_PER_US = 1.27e5   # FP32 FMAs per microsecond per H200 SM: half the peak (the H200
                           # run measured our implicit GEMMs at 30-45% of it)
