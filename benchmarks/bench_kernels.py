@@ -222,21 +222,20 @@ class Builder:
         if precision != "fp32":
             return self.conv_mma(name, shape, flops, (x, w, dy, X, W, DY), (c, k, r, s, p, g),
                                  y_shape, (fwd, bwd_data, bwd_filter), precision)
+        passes = (
+            ("forward", fwd, lambda v: conv.conv2d_forward(be, x, w, None, s, p, g, version=v),
+             lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
+            ("backward data", bwd_data,
+             lambda v: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g, version=v),
+             lambda: conv.conv2d_backward_data_reference(DY, W, x.shape, s, p, g)))
         return [
-            Case(f"{name} forward", shape, flops=flops,
-                 ours=lambda: conv.conv2d_forward(be, x, w, None, s, p, g),
-                 expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
-                 baseline=self.timed(fwd)),
-            # the 128x128 tile at two resident blocks per SM, against the planned tile
-            Case(f"{name} forward v2", shape, flops=flops, replaces=f"{name} forward",
-                 ours=lambda: conv.conv2d_forward(be, x, w, None, s, p, g, version=2),
-                 expected=self.exact(fwd, lambda: conv.conv2d_forward_reference(X, W, None, s, p, g)),
-                 baseline=self.timed(fwd)),
-            Case(f"{name} backward data", shape, flops=flops,
-                 ours=lambda: conv.conv2d_backward_data(be, dy, w, x.shape, s, p, g),
-                 expected=self.exact(bwd_data, lambda: conv.conv2d_backward_data_reference(
-                     DY, W, x.shape, s, p, g)),
-                 baseline=self.timed(bwd_data)),
+            # v2 (the 128x128 tile at two resident blocks per SM; backward data at stride 1
+            # only) beside the planned tile it would replace
+            Case(f"{name} {label}" + (" v2" if v == 2 else ""), shape, flops=flops,
+                 replaces=f"{name} {label}" if v == 2 else "", ours=lambda run=run, v=v: run(v),
+                 expected=self.exact(torch_fn, reference), baseline=self.timed(torch_fn))
+            for label, torch_fn, run, reference in passes
+            for v in conv.GEMM_VERSIONS if v == 1 or s == 1 or label == "forward"
         ] + [
             # each version's workspace allocated once, as the model does
             Case(f"{name} backward filter v{v}", shape, flops=flops,

@@ -105,7 +105,8 @@ __device__ __forceinline__ void conv_load(const conv_fwd_state<BM, BN>& st, int 
 // Backward data (gather: no atomics). dx[n,c,h,w] = sum over k,r,s of w[k,c,r,s] *
 // dy[n,k,p,q] where h + pad - r = p * stride (and likewise w, q). A = filters read as
 // (c) x (k,r,s); B = dy gather (row kk = t / 32, column j = t % 32 + 32 i).
-template <int BM, int BN>
+// UNIT: the caller guarantees stride 1, so the gather has no lattice test and no division.
+template <int BM, int BN, bool UNIT = false>
 struct conv_bwd_data_state {
   const float* w;   // this group's first filter, channel of this thread's first A row
   const float* dy;  // this group's first gradient map of image 0
@@ -115,8 +116,8 @@ struct conv_bwd_data_state {
   int boff[BN / 32], hp[BN / 32], wp[BN / 32];  // per column: image offset, h + pad, w + pad
 };
 
-template <int BM, int BN>
-__device__ __forceinline__ void conv_bwd_data_init(conv_bwd_data_state<BM, BN>& st,
+template <int BM, int BN, bool UNIT>
+__device__ __forceinline__ void conv_bwd_data_init(conv_bwd_data_state<BM, BN, UNIT>& st,
                                                    const conv_dims& d, const float* dy,
                                                    const float* w, int g, int m0, int j0) {
   const int t = threadIdx.x;
@@ -139,8 +140,8 @@ __device__ __forceinline__ void conv_bwd_data_init(conv_bwd_data_state<BM, BN>& 
   }
 }
 
-template <int BM, int BN>
-__device__ __forceinline__ void conv_load(const conv_bwd_data_state<BM, BN>& st, int kt,
+template <int BM, int BN, bool UNIT>
+__device__ __forceinline__ void conv_load(const conv_bwd_data_state<BM, BN, UNIT>& st, int kt,
                                           float (&ra)[BM / 32], float (&rb)[BN / 32]) {
   const int ka = kt + st.a_kk;
   const int k_a = ka / st.RS, rs_a = ka - k_a * st.RS;
@@ -155,7 +156,7 @@ __device__ __forceinline__ void conv_load(const conv_bwd_data_state<BM, BN>& st,
   for (int i = 0; i < BN / 32; ++i) {
     int p = st.hp[i] - r, q = st.wp[i] - s;
     bool ok = kok;
-    if (st.stride != 1) {  // only pixels on the stride lattice receive this (r, s) tap
+    if (!UNIT && st.stride != 1) {  // only pixels on the stride lattice receive this (r, s) tap
       ok = ok && p >= 0 && q >= 0 && p % st.stride == 0 && q % st.stride == 0;
       p /= st.stride;
       q /= st.stride;
@@ -315,13 +316,13 @@ __device__ __forceinline__ void conv_fwd(const float* __restrict__ x, const floa
 }
 
 // dx = conv_transpose(dy, w): grid (ceil(N*H*W / BN), ceil(C/g / BM), groups).
-template <int BM, int BN>
+template <int BM, int BN, bool UNIT = false>
 __device__ __forceinline__ void conv_bwd_data(const float* __restrict__ dy,
                                               const float* __restrict__ w,
                                               float* __restrict__ dx, CONV_DIM_PARAMS) {
   const conv_dims d = conv_make_dims(CONV_DIM_ARGS);
   const int g = blockIdx.z, m0 = blockIdx.y * BM, j0 = blockIdx.x * BN;
-  conv_bwd_data_state<BM, BN> st;
+  conv_bwd_data_state<BM, BN, UNIT> st;
   conv_bwd_data_init(st, d, dy, w, g, m0, j0);
   float acc[BM / 16][BN / 16];
   conv_mainloop<BM, BN, false>(st, 0, d.Kg * d.RS, acc);
@@ -442,22 +443,29 @@ CONV_ENTRY_POINTS(64, 128)
 CONV_ENTRY_POINTS(64, 64)
 #undef CONV_ENTRY_POINTS
 
-// Forward v2: the 128x128 tile (an 8x8 register tile a thread: 4 FMAs per shared-memory
-// word read, against 2.7 for 128x64's 8x4) held to 128 registers so that two blocks (16
-// warps) stay resident per SM; v1's 128x128 takes 137 registers on sm_90, one block a SM.
-// sm_90's ptxas fits 128 without spilling only when asked; sm_80's uses 128 unasked and
-// spills 4 bytes when asked. Same kk order as every forward tile: the same bits.
+// Forward and backward data v2: the 128x128 tile (an 8x8 register tile a thread: 4 FMAs
+// per shared-memory word read, against 2.7 for 128x64's 8x4) held to 128 registers so
+// that two blocks (16 warps) stay resident per SM; v1's 128x128 takes 137 (forward) and
+// 147 (data) registers on sm_90, one block an SM. Backward data v2 is the unit-stride
+// gather (strided, the lattice test's divisions spill at 128). sm_90's ptxas fits 128
+// without spilling only when asked; sm_80's uses 128 unasked and spills when asked.
+// Same kk order as every tile of v1: the same bits.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define CONV_FWD_V2_BOUNDS __launch_bounds__(CONV_THREADS, 2)
+#define CONV_V2_BOUNDS __launch_bounds__(CONV_THREADS, 2)
 #else
-#define CONV_FWD_V2_BOUNDS __launch_bounds__(CONV_THREADS)
+#define CONV_V2_BOUNDS __launch_bounds__(CONV_THREADS)
 #endif
-extern "C" __global__ void CONV_FWD_V2_BOUNDS conv_fwd_v2_128x128(
+extern "C" __global__ void CONV_V2_BOUNDS conv_fwd_v2_128x128(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
     float* __restrict__ y, CONV_DIM_PARAMS, int has_bias, int relu) {
   conv_fwd<128, 128>(x, w, bias, y, CONV_DIM_ARGS, has_bias, relu);
 }
-#undef CONV_FWD_V2_BOUNDS
+extern "C" __global__ void CONV_V2_BOUNDS conv_bwd_data_v2_128x128(
+    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+    CONV_DIM_PARAMS) {
+  conv_bwd_data<128, 128, true>(dy, w, dx, CONV_DIM_ARGS);
+}
+#undef CONV_V2_BOUNDS
 
 // Filter gradient v2: the same product, with a register cap per tile so that a known
 // number of blocks stays resident per SM (the launcher's split model counts on it:

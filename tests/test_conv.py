@@ -156,22 +156,52 @@ def test_every_kernel(kernel_backend, rng, tile, case):
     _check_all_passes(kernel_backend, rng, *case, tile=tile)
 
 
-# Forward v2 (the 128x128 tile at two resident blocks per SM) on shapes with partial tiles
-# in rows (129, 130 filters), columns and the reduction, strides 1-4, groups: the reference,
-# and the bits of every v1 tile (all accumulate in the same kk order).
-@pytest.mark.parametrize("case", [ODD[2], ODD[6], ODD[8], ODD[11]],
-                         ids=["odd2", "odd6", "odd8", "odd11"])
-def test_forward_v2(kernel_backend, rng, case):
+# Forward and backward data v2 (the 128x128 tile at two resident blocks per SM; backward
+# data at stride 1) on shapes with partial tiles in rows (129, 130 filters or channels),
+# columns and the reduction, strides 1-4, groups: the reference, and the bits of every v1
+# tile (all accumulate in the same kk order).
+V2_CASES = {"odd0": ODD[0], "odd2": ODD[2], "odd6": ODD[6], "odd8": ODD[8], "odd11": ODD[11],
+            "c130": ((2, 130, 9, 7), (5, 130, 3, 2), 1, 1, 1)}
+
+
+@pytest.mark.parametrize("name", list(V2_CASES))
+def test_gemm_v2(kernel_backend, rng, name):
     be = kernel_backend
-    x_shape, w_shape, stride, pad, groups = case
-    x, w, b, _ = _data(rng, *case)
-    X, W, B = (be.asarray(a) for a in (x, w, b))
+    x_shape, w_shape, stride, pad, groups = case = V2_CASES[name]
+    x, w, b, dy = _data(rng, *case)
+    x64, w64, b64, dy64 = _f64(x, w, b, dy)
+    X, W, B, DY = (be.asarray(a) for a in (x, w, b, dy))
     y = be.to_numpy(conv2d_forward(be, X, W, B, stride, pad, groups, relu=True, version=2))
-    ref = conv2d_forward_reference(*_f64(x, w, b), stride, pad, groups, relu=True)
-    assert_matches_reference(y, ref, reduction=int(np.prod(w_shape[1:])), what="forward v2")
-    for tile in TILES:
-        v1 = be.to_numpy(conv2d_forward(be, X, W, B, stride, pad, groups, relu=True, tile=tile))
-        np.testing.assert_array_equal(y, v1, err_msg=f"forward v2 against v1 tile {tile}")
+    assert_matches_reference(y, conv2d_forward_reference(x64, w64, b64, stride, pad, groups, True),
+                             reduction=int(np.prod(w_shape[1:])), what="forward v2")
+    passes = [("forward", y, lambda tile: conv2d_forward(be, X, W, B, stride, pad, groups,
+                                                         relu=True, tile=tile))]
+    if stride == 1:
+        dx = be.to_numpy(conv2d_backward_data(be, DY, W, x_shape, stride, pad, groups, version=2))
+        assert_matches_reference(dx, conv2d_backward_data_reference(dy64, w64, x_shape, stride,
+                                                                    pad, groups),
+                                 reduction=w_shape[0] // groups * w_shape[2] * w_shape[3],
+                                 what="backward data v2")
+        passes.append(("backward data", dx, lambda tile: conv2d_backward_data(
+            be, DY, W, x_shape, stride, pad, groups, tile=tile)))
+    for what, v2, v1 in passes:
+        for tile in TILES:
+            np.testing.assert_array_equal(v2, be.to_numpy(v1(tile)),
+                                          err_msg=f"{what} v2 against v1 tile {tile}")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"version": 0}, "backward data version must be one of"),
+    ({"version": 2, "tile": "direct"}, "runs the tile"),
+    ({"version": 2, "stride": 2}, "runs stride 1 only"),
+])
+def test_bad_backward_data_version(kwargs, message):
+    be = get_backend("numpy")
+    stride = kwargs.pop("stride", 1)
+    x_shape, w = (2, 4, 9, 9), np.zeros((6, 4, 3, 3), np.float32)
+    dy = np.zeros(conv2d_output_shape(x_shape, w.shape, stride), np.float32)
+    with pytest.raises(ValueError, match=message):
+        conv2d_backward_data(be, dy, w, x_shape, stride, **kwargs)
 
 
 def test_numpy_backend_runs_the_reference(rng):

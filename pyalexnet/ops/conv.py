@@ -23,9 +23,9 @@ from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, i64
 from .bias import bias_backward
 from .conv_mma import _mma_backward_data, _mma_backward_filter, _mma_forward
 from .conv_plan import (  # noqa: F401  (the planners are part of the op's interface)
-    ALGOS, CHUNK, FILTER_V2_BLOCKS_PER_SM, FILTER_VERSIONS, FORWARD_V2_TILE, FORWARD_VERSIONS,
+    ALGOS, CHUNK, FILTER_V2_BLOCKS_PER_SM, FILTER_VERSIONS, GEMM_V2_TILE, GEMM_VERSIONS,
     HBM_BYTES_PER_US, LAUNCH_US, MIN_SPLIT, SM_FMA_PER_US, TARGET_SMS, TILE_SPEED, TILES, _as_int, _check_dy, _filter_plan,
-    _check_kernel_args, _dims, _geometry, _grid, _resolve_algo, _tile, conv2d_backward_filter_workspace_size, conv2d_output_shape,
+    _check_kernel_args, _gemm_v2, _dims, _geometry, _grid, _resolve_algo, _tile, conv2d_backward_filter_workspace_size, conv2d_output_shape,
     conv2d_workspace_size, filter_v2_cost_us, filter_v2_plan, pick_algo, pick_splits, pick_tile)
 from .precision import BF16, check_precision, fp32_operand, operand, to_bf16
 
@@ -130,10 +130,7 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     bits; other algorithms and precisions ignore it.
     """
     check_precision(precision)
-    if version not in FORWARD_VERSIONS:
-        raise ValueError(f"conv2d: forward version must be one of {FORWARD_VERSIONS}, got {version!r}")
-    if version == 2 and tile is not None and tuple(tile) != FORWARD_V2_TILE:
-        raise ValueError(f"conv2d: forward version 2 runs the tile {FORWARD_V2_TILE} only, got {tile!r}")
+    v2 = _gemm_v2("forward", version, tile)
     if np.dtype(out_dtype) not in (np.float32, BF16) or (np.dtype(out_dtype) == BF16
                                                          and precision != "bf16"):
         raise ValueError(f"conv2d: out_dtype must be float32, or bf16 (uint16) with "
@@ -155,8 +152,8 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     n, _, p, q = out
     y = be.empty(out)
     _check_kernel_args("forward", ("y", y))
-    if version == 2:
-        kernel, tile = "conv_fwd_v2_%dx%d" % FORWARD_V2_TILE, FORWARD_V2_TILE
+    if v2:
+        kernel, tile = "conv_fwd_v2_%dx%d" % GEMM_V2_TILE, GEMM_V2_TILE
     else:
         tile = _tile(tile) if tile else pick_tile(k // groups, n * p * q, groups)
         kernel = "conv_fwd_%dx%d" % tile
@@ -168,7 +165,7 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
 
 
 def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None,
-                         algo="gemm", workspace=None, precision="fp32"):
+                         algo="gemm", workspace=None, precision="fp32", version=1):
     """dx (N, C, H, W): the gradient of conv2d_forward with respect to its input.
 
     tile: a (BM, BN) GEMM tile or "direct"; by default the direct kernel for fewer than
@@ -176,8 +173,11 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
     algo, workspace: as for conv2d_forward (pass "backward_data").
     tf32 / bf16: 128 or 64, the tensor-core kernel's tile; below DIRECT_MAX_CHANNELS (or
     with "direct") the fp32 direct kernel runs on float32 copies of the rounded operands.
+    version: as for conv2d_forward, v2 at stride 1 only (it runs its GEMM tile at any
+    channel count).
     """
     check_precision(precision)
+    v2 = _gemm_v2("backward data", version, tile, stride)
     x_shape = tuple(int(v) for v in x_shape)
     out = _geometry(x_shape, w.shape, stride, pad, groups)
     _check_dy(dy.shape, out)
@@ -202,6 +202,10 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
     dx = be.empty(x_shape)
     _check_kernel_args("backward data", ("dx", dx))
     dims = _dims(x_shape, w.shape, out, stride, pad, groups)
+    if v2:
+        be.launch(KERNELS, "conv_bwd_data_v2_%dx%d" % GEMM_V2_TILE,
+                  _grid(n * h * wd, c // groups, groups, GEMM_V2_TILE), THREADS, [dy, w, dx, *dims])
+        return dx
     if tile == "direct" or (tile is None and c // groups < DIRECT_MAX_CHANNELS):
         blocks = ceil_div(c // groups, DIRECT_CHANNELS) * groups * n * h * wd
         be.launch(KERNELS, "conv_bwd_data_direct", elementwise_grid(blocks), ELEMENTWISE_BLOCK,

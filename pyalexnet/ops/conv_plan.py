@@ -26,11 +26,12 @@ MIN_SPLIT = 512                # ...but give each split at least this much reduc
 # resident blocks per SM (no 128x128: capped to two blocks it spills), and a split count
 # from a model of waves of resident blocks plus the split reduction's memory traffic.
 FILTER_VERSIONS = (1, 2)
-# Forward, version 2 (version=2): the 128x128 tile held to 128 registers, so two blocks
-# stay resident per SM (kernels/conv.cu, conv_fwd_v2_128x128); version 1 picks one of the
-# four tiles above. Not the default until a GPU has timed it.
-FORWARD_VERSIONS = (1, 2)
-FORWARD_V2_TILE = (128, 128)
+# Forward and backward data, version 2 (version=2): the 128x128 tile held to 128
+# registers, so two blocks stay resident per SM (kernels/conv.cu, conv_fwd_v2_128x128 and
+# the unit-stride conv_bwd_data_v2_128x128); version 1 picks one of the four tiles above.
+# Not the default until a GPU has timed it.
+GEMM_VERSIONS = (1, 2)
+GEMM_V2_TILE = (128, 128)
 FILTER_V2_BLOCKS_PER_SM = {(128, 64): 3, (64, 128): 3, (64, 64): 5}
 SM_FMA_PER_US = 1.27e5   # FP32 FMAs per microsecond per H200 SM: half the peak (the H200
                           # run measured our implicit GEMMs at 30-45% of it)
@@ -230,6 +231,18 @@ def _tile(tile, tiles=TILES):
     if tile not in tiles:
         raise ValueError(f"conv2d: no kernel for tile {tile}; choose one of {tuple(tiles)}")
     return tile
+
+
+def _gemm_v2(what, version, tile, stride=1):
+    """Whether a forward / backward-data call asks for v2 (see GEMM_VERSIONS), after
+    checking that the request is one v2 can run (backward data passes its stride)."""
+    if version not in GEMM_VERSIONS:
+        raise ValueError(f"conv2d: {what} version must be one of {GEMM_VERSIONS}, got {version!r}")
+    if version == 2 and tile is not None and (isinstance(tile, str) or tuple(tile) != GEMM_V2_TILE):
+        raise ValueError(f"conv2d: {what} version 2 runs the tile {GEMM_V2_TILE} only, got {tile!r}")
+    if version == 2 and stride != 1:
+        raise ValueError(f"conv2d: {what} version 2 runs stride 1 only, got stride {stride}")
+    return version == 2
 
 
 def _check_kernel_args(what, *arrays, float32=True):
