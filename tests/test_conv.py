@@ -190,6 +190,48 @@ def test_gemm_v2(kernel_backend, rng, name):
                                           err_msg=f"{what} v2 against v1 tile {tile}")
 
 
+# algo="auto" runs v2 where auto_gemm_v2 says, only when no version or tile is given; at
+# AlexNet's batch-128 shapes that is where v2 pads no more than the planned tile.
+def test_auto_gemm_v2_at_alexnet_shapes():
+    n = 128
+    passes = {  # rows, columns, groups of the GEMM per group; v2 or not
+        "conv1 forward": (96, n * 55 * 55, 1, True), "conv2 forward": (128, n * 27 * 27, 2, True),
+        "conv3 forward": (384, n * 13 * 13, 1, True), "conv4 forward": (192, n * 13 * 13, 2, False),
+        "conv5 forward": (128, n * 13 * 13, 2, True), "conv2 data": (48, n * 27 * 27, 2, False),
+        "conv3 data": (256, n * 13 * 13, 1, True), "conv4 data": (192, n * 13 * 13, 2, False)}
+    for name, (rows, cols, groups, v2) in passes.items():
+        assert conv.auto_gemm_v2(rows, cols, groups) == v2, name
+
+
+@pytest.mark.parametrize("planned", [True, False], ids=["v2", "v1"])
+def test_auto_runs_the_planned_version(kernel_backend, rng, monkeypatch, planned):
+    be = kernel_backend
+    case = ((2, 20, 12, 9), (40, 20, 5, 3), 1, 1, 1)  # 5x3: implicit GEMM under "auto"
+    x_shape, w_shape, stride, pad, groups = case
+    x, w, b, dy = (be.asarray(a) for a in _data(rng, *case))
+    monkeypatch.setattr(conv, "auto_gemm_v2", lambda rows, cols, groups: planned)
+    launched = []
+    real = type(be).launch
+
+    def record(self, file, kernel, *args, **kw):
+        launched.append(kernel)
+        return real(self, file, kernel, *args, **kw)
+
+    monkeypatch.setattr(type(be), "launch", record)
+    runs = {
+        "forward": lambda **kw: conv2d_forward(be, x, w, b, stride, pad, groups, **kw),
+        "backward data": lambda **kw: conv2d_backward_data(be, dy, w, x_shape, stride, pad,
+                                                           groups, **kw)}
+    for what, run in runs.items():
+        launched.clear()
+        auto = be.to_numpy(run(algo="auto"))
+        assert ("_v2_" in launched[0]) == planned, (what, launched)
+        for kw, v2 in (({"algo": "auto", "version": 1}, False), ({"version": 2}, True)):
+            launched.clear()
+            np.testing.assert_array_equal(be.to_numpy(run(**kw)), auto, err_msg=f"{what} {kw}")
+            assert ("_v2_" in launched[0]) == v2, (what, kw, launched)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"version": 0}, "backward data version must be one of"),
     ({"version": 2, "tile": "direct"}, "runs the tile"),

@@ -25,7 +25,7 @@ from .conv_mma import _mma_backward_data, _mma_backward_filter, _mma_forward
 from .conv_plan import (  # noqa: F401  (the planners are part of the op's interface)
     ALGOS, CHUNK, FILTER_V2_BLOCKS_PER_SM, FILTER_VERSIONS, GEMM_V2_TILE, GEMM_VERSIONS,
     HBM_BYTES_PER_US, LAUNCH_US, MIN_SPLIT, SM_FMA_PER_US, TARGET_SMS, TILE_SPEED, TILES, _as_int, _check_dy, _filter_plan,
-    _check_kernel_args, _gemm_v2, _dims, _geometry, _grid, _resolve_algo, _tile, conv2d_backward_filter_workspace_size, conv2d_output_shape,
+    _check_kernel_args, _gemm_v2, auto_gemm_v2, _dims, _geometry, _grid, _resolve_algo, _tile, conv2d_backward_filter_workspace_size, conv2d_output_shape,
     conv2d_workspace_size, filter_v2_cost_us, filter_v2_plan, pick_algo, pick_splits, pick_tile)
 from .precision import BF16, check_precision, fp32_operand, operand, to_bf16
 
@@ -115,7 +115,7 @@ def _choose_algo(precision, algo, pass_, x_shape, w_shape, stride, pad, groups, 
 
 def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile=None,
                    algo="gemm", workspace=None, precision="fp32", out_dtype=np.float32,
-                   version=1):
+                   version=None):
     """y = conv(x, w) + b, then ReLU if ``relu`` (fused in the kernel's epilogue).
 
     tile: force a kernel tile (tests, tuning): (BM, BN) for fp32, 128 or 64 for the
@@ -126,11 +126,13 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     precision: see the module notes. out_dtype: float32, or with precision="bf16" the bf16
     bits (ops.precision.BF16) of bf16 training's activations, rounded in the epilogue.
     version: the fp32 implicit GEMM's kernel: 1 (a tile picked from the shape) or 2 (the
-    128x128 tile at two resident blocks per SM; tile may only name it). Both give the same
-    bits; other algorithms and precisions ignore it.
+    128x128 tile at two resident blocks per SM; tile may only name it); None: 1, or with
+    algo="auto" the choice of auto_gemm_v2. Both give the same bits; other algorithms and
+    precisions ignore it.
     """
     check_precision(precision)
     v2 = _gemm_v2("forward", version, tile)
+    auto = algo == "auto" and version is None and tile is None
     if np.dtype(out_dtype) not in (np.float32, BF16) or (np.dtype(out_dtype) == BF16
                                                          and precision != "bf16"):
         raise ValueError(f"conv2d: out_dtype must be float32, or bf16 (uint16) with "
@@ -152,7 +154,7 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
     n, _, p, q = out
     y = be.empty(out)
     _check_kernel_args("forward", ("y", y))
-    if v2:
+    if v2 or (auto and auto_gemm_v2(k // groups, n * p * q, groups)):
         kernel, tile = "conv_fwd_v2_%dx%d" % GEMM_V2_TILE, GEMM_V2_TILE
     else:
         tile = _tile(tile) if tile else pick_tile(k // groups, n * p * q, groups)
@@ -165,7 +167,7 @@ def conv2d_forward(be, x, w, b=None, stride=1, pad=0, groups=1, relu=False, tile
 
 
 def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=None,
-                         algo="gemm", workspace=None, precision="fp32", version=1):
+                         algo="gemm", workspace=None, precision="fp32", version=None):
     """dx (N, C, H, W): the gradient of conv2d_forward with respect to its input.
 
     tile: a (BM, BN) GEMM tile or "direct"; by default the direct kernel for fewer than
@@ -173,11 +175,12 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
     algo, workspace: as for conv2d_forward (pass "backward_data").
     tf32 / bf16: 128 or 64, the tensor-core kernel's tile; below DIRECT_MAX_CHANNELS (or
     with "direct") the fp32 direct kernel runs on float32 copies of the rounded operands.
-    version: as for conv2d_forward, v2 at stride 1 only (it runs its GEMM tile at any
-    channel count).
+    version: as for conv2d_forward, v2 at stride 1 only (asked for, it runs its GEMM tile
+    at any channel count; algo="auto" keeps the direct kernel where it applies).
     """
     check_precision(precision)
     v2 = _gemm_v2("backward data", version, tile, stride)
+    auto = algo == "auto" and version is None and tile is None and stride == 1
     x_shape = tuple(int(v) for v in x_shape)
     out = _geometry(x_shape, w.shape, stride, pad, groups)
     _check_dy(dy.shape, out)
@@ -194,7 +197,7 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
             # the operands rounded to the format, so the result is the same product
             dy = fp32_operand(be, dy, precision, "conv2d backward data: dy")
             w = fp32_operand(be, w, precision, "conv2d backward data: w")
-            tile = "direct"
+            tile, v2 = "direct", False  # version= is the fp32 GEMM's
         else:
             return _mma_backward_data(be, dy, w, x_shape, stride, pad, groups, precision, tile)
     _check_kernel_args("backward data", ("dy", dy), ("w", w))
@@ -202,11 +205,12 @@ def conv2d_backward_data(be, dy, w, x_shape, stride=1, pad=0, groups=1, tile=Non
     dx = be.empty(x_shape)
     _check_kernel_args("backward data", ("dx", dx))
     dims = _dims(x_shape, w.shape, out, stride, pad, groups)
-    if v2:
+    direct = tile == "direct" or (tile is None and c // groups < DIRECT_MAX_CHANNELS)
+    if v2 or (auto and not direct and auto_gemm_v2(c // groups, n * h * wd, groups)):
         be.launch(KERNELS, "conv_bwd_data_v2_%dx%d" % GEMM_V2_TILE,
                   _grid(n * h * wd, c // groups, groups, GEMM_V2_TILE), THREADS, [dy, w, dx, *dims])
         return dx
-    if tile == "direct" or (tile is None and c // groups < DIRECT_MAX_CHANNELS):
+    if direct:
         blocks = ceil_div(c // groups, DIRECT_CHANNELS) * groups * n * h * wd
         be.launch(KERNELS, "conv_bwd_data_direct", elementwise_grid(blocks), ELEMENTWISE_BLOCK,
                   [dy, w, dx, *dims])

@@ -29,7 +29,7 @@ FILTER_VERSIONS = (1, 2)
 # Forward and backward data, version 2 (version=2): the 128x128 tile held to 128
 # registers, so two blocks stay resident per SM (kernels/conv.cu, conv_fwd_v2_128x128 and
 # the unit-stride conv_bwd_data_v2_128x128); version 1 picks one of the four tiles above.
-# Not the default until a GPU has timed it.
+# Under algo="auto" only (auto_gemm_v2) until a GPU has timed it.
 GEMM_VERSIONS = (1, 2)
 GEMM_V2_TILE = (128, 128)
 FILTER_V2_BLOCKS_PER_SM = {(128, 64): 3, (64, 128): 3, (64, 64): 5}
@@ -234,15 +234,27 @@ def _tile(tile, tiles=TILES):
 
 
 def _gemm_v2(what, version, tile, stride=1):
-    """Whether a forward / backward-data call asks for v2 (see GEMM_VERSIONS), after
-    checking that the request is one v2 can run (backward data passes its stride)."""
-    if version not in GEMM_VERSIONS:
+    """Whether a forward / backward-data call asks for v2 (see GEMM_VERSIONS; None: the
+    default), after checking that the request is one v2 can run (backward data passes its
+    stride)."""
+    if version is not None and version not in GEMM_VERSIONS:
         raise ValueError(f"conv2d: {what} version must be one of {GEMM_VERSIONS}, got {version!r}")
     if version == 2 and tile is not None and (isinstance(tile, str) or tuple(tile) != GEMM_V2_TILE):
         raise ValueError(f"conv2d: {what} version 2 runs the tile {GEMM_V2_TILE} only, got {tile!r}")
     if version == 2 and stride != 1:
         raise ValueError(f"conv2d: {what} version 2 runs stride 1 only, got stride {stride}")
     return version == 2
+
+
+def auto_gemm_v2(rows, cols, groups):
+    """algo="auto"'s implicit-GEMM version for a rows x cols GEMM per group: v2 where its
+    tile pads the GEMM no more than the tile pick_tile plans. The emulator's model times v2
+    at 0.67-0.70x of the planned tile there (AlexNet's forward of conv1, conv2, conv3,
+    conv5 and conv3's data gradient), and at 1.0-1.33x where it pads more (the 192 and 48
+    rows per group of the others)."""
+    def padded(tile):
+        return ceil_div(rows, tile[0]) * tile[0] * ceil_div(cols, tile[1]) * tile[1]
+    return padded(GEMM_V2_TILE) <= padded(pick_tile(rows, cols, groups))
 
 
 def _check_kernel_args(what, *arrays, float32=True):
