@@ -85,6 +85,19 @@ def winograd_where_it_applies(monkeypatch):
     return asked
 
 
+def record_launches(monkeypatch, be):
+    """The list to which every kernel name ``be`` launches from now on is appended."""
+    launched = []
+    real = type(be).launch
+
+    def record(self, file, kernel, *args, **kw):
+        launched.append(kernel)
+        return real(self, file, kernel, *args, **kw)
+
+    monkeypatch.setattr(type(be), "launch", record)
+    return launched
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20121203)

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, record_launches
 
 from pyalexnet.gradcheck import assert_gradient_close, numeric_gradient
 from pyalexnet.backends import get_backend
@@ -54,14 +54,7 @@ def test_backward_default_splits_where_the_shape_gives_chunks(kernel_backend, rn
     assert (backward_splits(shape) > 1) == (version == 2)
     np.testing.assert_array_equal(be.to_numpy(bias_backward(be, dy)),
                                   be.to_numpy(bias_backward(be, dy, version=version)))
-    launched = []
-    real = type(be).launch
-
-    def record(self, file, kernel, *args, **kw):
-        launched.append(kernel)
-        return real(self, file, kernel, *args, **kw)
-
-    monkeypatch.setattr(type(be), "launch", record)
+    launched = record_launches(monkeypatch, be)
     bias_backward(be, dy)
     assert launched == (["bias_backward_v2", "bias_backward_reduce"] if version == 2
                         else ["bias_backward"])

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, record_launches
 
 from pyalexnet.backends import get_backend
 from pyalexnet.gradcheck import assert_gradient_close, numeric_gradient
@@ -210,14 +210,7 @@ def test_auto_runs_the_planned_version(kernel_backend, rng, monkeypatch, planned
     x_shape, w_shape, stride, pad, groups = case
     x, w, b, dy = (be.asarray(a) for a in _data(rng, *case))
     monkeypatch.setattr(conv, "auto_gemm_v2", lambda rows, cols, groups: planned)
-    launched = []
-    real = type(be).launch
-
-    def record(self, file, kernel, *args, **kw):
-        launched.append(kernel)
-        return real(self, file, kernel, *args, **kw)
-
-    monkeypatch.setattr(type(be), "launch", record)
+    launched = record_launches(monkeypatch, be)
     runs = {
         "forward": lambda **kw: conv2d_forward(be, x, w, b, stride, pad, groups, **kw),
         "backward data": lambda **kw: conv2d_backward_data(be, dy, w, x_shape, stride, pad,
