@@ -232,6 +232,7 @@ def test_auto_runs_the_planned_version(kernel_backend, rng, monkeypatch, planned
 ])
 def test_bad_backward_data_version(kwargs, message):
     be = get_backend("numpy")
+    kwargs = dict(kwargs)  # the parameter's own dict stays as pytest holds it
     stride = kwargs.pop("stride", 1)
     x_shape, w = (2, 4, 9, 9), np.zeros((6, 4, 3, 3), np.float32)
     dy = np.zeros(conv2d_output_shape(x_shape, w.shape, stride), np.float32)
