@@ -29,15 +29,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_kernels import Timer  # noqa: E402
 
 from pyalexnet.backends import BackendUnavailable, get_backend  # noqa: E402
+from pyalexnet.ops._launch import i32  # noqa: E402
 
 KERNELS = "probe.cu"
 ILPS = (1, 2, 4, 8)
 WARPS_PER_SM = (4, 8, 16, 32, 64)
 SMEM_WORDS = 8192  # PROBE_SMEM_WORDS
-
-
-def i32(v):
-    return np.int32(v)
 
 
 class Probe:
