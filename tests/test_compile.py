@@ -106,11 +106,12 @@ def test_tensor_core_kernels_report_the_block_their_launcher_uses():
 
 def test_report_lists_every_kernel_with_occupancy():
     usage = _sm90_usage("pool.cu")
-    assert set(usage) == {name + storage for name in ("pool_max_forward", "pool_max_backward_v1",
-                                                      "pool_max_backward_v2")
-                          for storage in ("", "_bf16")}
-    for v2 in (usage["pool_max_backward_v2_bf16"], usage["pool_max_backward_v2"]):
-        assert v2.dynamic_smem and not v2.assumed and v2.threads == 256
+    names = ["pool_max_forward", "pool_max_backward_v1", "pool_max_backward_v2"]
+    names += [f"pool_max_{entry}_k{k}" for k in (2, 3) for entry in ("forward_v2", "backward_v3")]
+    assert set(usage) == {name + storage for name in names for storage in ("", "_bf16")}
+    for storage in ("", "_bf16"):
+        for v2 in (usage["pool_max_backward_v2" + storage], usage["pool_max_backward_v3_k3" + storage]):
+            assert v2.dynamic_smem and not v2.assumed and v2.threads == 256
     assert usage["pool_max_forward"].assumed  # no __launch_bounds__
     line = describe(v2)
     assert "+dyn" in line and "blocks/SM" in line and "warps/SM" in line

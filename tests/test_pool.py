@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, record_launches
 
 from pyalexnet.backends import get_backend
 from pyalexnet.gradcheck import assert_gradient_close, numeric_gradient
 from pyalexnet.ops import pool
-from pyalexnet.ops.pool import (BACKWARD_VERSIONS, backward_v2_tiles, maxpool_backward,
+from pyalexnet.ops.pool import (BACKWARD_VERSIONS, COMPILED_WINDOWS, FORWARD_VERSIONS,
+                                backward_v2_tiles, maxpool_backward,
                                 maxpool_backward_reference, maxpool_forward,
                                 maxpool_forward_reference, maxpool_output_shape)
 
@@ -59,10 +60,17 @@ def test_reference_forward_is_the_window_max(rng):
                 y[:, :, p, q], x[:, :, 2 * p:2 * p + 3, 2 * q:2 * q + 3].max(axis=(2, 3)))
 
 
+def _runs(version, kernel, compiled):
+    """Whether ``version`` serves windows of ``kernel`` (the compiled-in version does not
+    serve every size)."""
+    return version != compiled or kernel in COMPILED_WINDOWS
+
+
 def _check_kernel(be, x, dy_seed, kernel, stride, version=None):
-    y = maxpool_forward(be, be.asarray(x), kernel, stride)
-    # max is exact: the kernel must give the reference's values bit for bit.
-    np.testing.assert_array_equal(be.to_numpy(y), maxpool_forward_reference(x, kernel, stride))
+    # max is exact: every forward version must give the reference's values bit for bit.
+    for v in [v for v in FORWARD_VERSIONS if _runs(v, kernel, 2)]:
+        y = maxpool_forward(be, be.asarray(x), kernel, stride, version=v)
+        np.testing.assert_array_equal(be.to_numpy(y), maxpool_forward_reference(x, kernel, stride))
     dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(np.float32)
     dx = maxpool_backward(be, be.asarray(x), y, be.asarray(dy), kernel, stride, version)
     ref = maxpool_backward_reference(x.astype(np.float64), None, dy.astype(np.float64),
@@ -75,6 +83,13 @@ def _check_kernel(be, x, dy_seed, kernel, stride, version=None):
 VERSIONS = pytest.mark.parametrize("version", BACKWARD_VERSIONS, ids=lambda v: f"v{v}")
 
 
+def _with_versions(cases):
+    """(case, backward version) for every version that serves the case's window size."""
+    return pytest.mark.parametrize("case,version", [
+        pytest.param(case, v, id=f"{_case_id(case)}-v{v}") for case in cases
+        for v in BACKWARD_VERSIONS if _runs(v, case[1], 3)])
+
+
 @VERSIONS
 @pytest.mark.parametrize("shape,out", ALEXNET_CASES,
                          ids=[f"{'x'.join(map(str, s))}to{o}" for s, o in ALEXNET_CASES])
@@ -85,16 +100,14 @@ def test_kernel_alexnet_shapes(kernel_backend, rng, shape, out, version):
     _check_kernel(kernel_backend, x, 1, 3, 2, version)
 
 
-@VERSIONS
-@pytest.mark.parametrize("case", RANDOM_CASES, ids=_case_id)
+@_with_versions(RANDOM_CASES)
 def test_kernel_random_shapes(kernel_backend, rng, case, version):
     shape, kernel, stride = case
     _check_kernel(kernel_backend, rng.standard_normal(shape).astype(np.float32), 2, kernel,
                   stride, version)
 
 
-@VERSIONS
-@pytest.mark.parametrize("case", RANDOM_CASES[1:7], ids=_case_id)
+@_with_versions(RANDOM_CASES[1:7])
 def test_kernel_many_ties(kernel_backend, rng, case, version):
     shape, kernel, stride = case
     x = rng.integers(0, 3, shape).astype(np.float32)  # three values: ties everywhere
@@ -118,6 +131,8 @@ def test_v2_many_bands(kernel_backend, rng, monkeypatch, case):
     ties = _check_kernel(kernel_backend, x, 4, kernel, stride, 2)
     np.testing.assert_array_equal(
         ties, _check_kernel(kernel_backend, x, 4, kernel, stride, 1))  # the same bits as v1
+    if _runs(3, kernel, 3):
+        np.testing.assert_array_equal(ties, _check_kernel(kernel_backend, x, 4, kernel, stride, 3))
 
 
 def test_v2_falls_back_to_v1_on_wide_rows(kernel_backend, rng):
@@ -126,8 +141,11 @@ def test_v2_falls_back_to_v1_on_wide_rows(kernel_backend, rng):
     _check_kernel(kernel_backend, rng.standard_normal(shape).astype(np.float32), 5, 1, 1)
     be = kernel_backend
     x = be.asarray(np.zeros(shape, np.float32))
-    with pytest.raises(ValueError, match="use version=1"):
-        maxpool_backward(be, x, x, x, 1, 1, version=2)
+    assert backward_v2_tiles(shape, 2, 1) is None  # 6199 windows
+    y = maxpool_forward(be, x, 2, 1)
+    for version in (2, 3):
+        with pytest.raises(ValueError, match="use version=1"):
+            maxpool_backward(be, x, y, y, 2, 1, version=version)
 
 
 @VERSIONS
@@ -226,4 +244,22 @@ def test_bad_arrays_are_reported():
     with pytest.raises(ValueError, match="y has shape"):
         maxpool_backward(be, x, np.zeros((1, 2, 2, 3), np.float32), y)
     with pytest.raises(ValueError, match="version must be one of"):
-        maxpool_backward(be, x, y, y, version=3)
+        maxpool_backward(be, x, y, y, version=4)
+    with pytest.raises(ValueError, match="version must be one of"):
+        maxpool_forward(be, x, version=3)
+    with pytest.raises(ValueError, match="forward v2 is compiled for windows of 2 or 3, not 4"):
+        maxpool_forward(be, x, 4, 1, version=2)
+    with pytest.raises(ValueError, match="backward v3 is compiled for windows of 2 or 3, not 4"):
+        maxpool_backward(be, x, y, y, 4, 1, version=3)  # the version is checked first
+
+
+@pytest.mark.parametrize("kernel,forward,backward", [(3, 2, 3), (2, 2, 3), (4, 1, 2), (1, 1, 2)])
+def test_default_versions_follow_the_compiled_windows(monkeypatch, rng, kernel, forward, backward):
+    be = get_backend("emu")
+    x = be.asarray(rng.standard_normal((1, 2, 9, 9)).astype(np.float32))
+    launched = record_launches(monkeypatch, be)
+    y = maxpool_forward(be, x, kernel, 1)
+    maxpool_backward(be, x, y, y, kernel, 1)
+    want = [f"pool_max_forward_v2_k{kernel}" if forward == 2 else "pool_max_forward",
+            f"pool_max_backward_v3_k{kernel}" if backward == 3 else "pool_max_backward_v2"]
+    assert launched == want

@@ -10,11 +10,15 @@ NaN outputs NaN and its first NaN gets the gradient. An input that wins several
 overlapping windows gets the sum of their gradients; the kernel adds them in ascending
 (p, q) order, one thread per input, so the backward pass is deterministic (no atomics).
 
-The backward pass takes x, the forward output y and dy. Kernel versions (``version=``;
-both give the same bits): 1 uses y as the window maximum and rescans a window from x where
-an input equals it, so y must be ``maxpool_forward(x)``; 2 (the default) stages each
-window's winner, found from x as the forward finds it, in shared memory per tile of input
-rows, and reads y only for its shape. The reference recomputes the winner from x alone.
+Kernel versions (``version=``; every version of a pass gives the same bits). Forward: 1
+loops over a window size known at run time; 2 (the default for the sizes in
+COMPILED_WINDOWS) has it compiled in, so a thread's window loads are in flight at once
+instead of one after another. The backward pass takes x, the forward output y and dy: 1
+uses y as the window maximum and rescans a window from x where an input equals it, so y
+must be ``maxpool_forward(x)``; 2 stages each window's winner, found from x as the forward
+finds it, in shared memory per tile of input rows, and reads y only for its shape; 3 (the
+default for COMPILED_WINDOWS) is 2 with the window size compiled in. The reference
+recomputes the winner from x alone.
 
 x and y may be float32 or bf16 bits (uint16; ops/precision.py): y has x's storage (a
 maximum is one of its inputs, so nothing is rounded); dy and dx are float32.
@@ -26,7 +30,9 @@ from ._launch import ELEMENTWISE_BLOCK, ceil_div, elementwise_grid, i32, require
 from .precision import storage_suffix, stored_like, widened
 
 KERNELS = "pool.cu"
-BACKWARD_VERSIONS = (1, 2)
+FORWARD_VERSIONS = (1, 2)
+BACKWARD_VERSIONS = (1, 2, 3)
+COMPILED_WINDOWS = (2, 3)  # kernel sizes with entries of their own (kernels/pool.cu)
 V2_THREADS = 256        # POOL_BWD_THREADS
 V2_TILE_ELEMS = 2048    # input elements per v2 block: 8 per thread amortise the window pass
 V2_MAX_SHARED = 48 * 1024  # stay within the default dynamic shared-memory limit
@@ -82,16 +88,34 @@ def _check_shape(what, a, shape):
         raise ValueError(f"max-pool {what} has shape {a.shape}, expected {tuple(shape)}")
 
 
-def maxpool_forward(be, x, kernel=3, stride=2):
-    """y[n, c, p, q] = max of x[n, c, p*stride : p*stride+kernel, q*stride : q*stride+kernel]."""
+def _check_version(what, version, versions, kernel, compiled):
+    """The version to run: ``version``, checked, or the newest that serves this window size
+    (``compiled``: the version that needs the window size in COMPILED_WINDOWS)."""
+    if version is not None and version not in versions:
+        raise ValueError(f"max-pool {what} version must be one of {versions}, got {version!r}")
+    if version == compiled and kernel not in COMPILED_WINDOWS:
+        raise ValueError(f"max-pool {what} v{compiled} is compiled for windows of "
+                         f"{' or '.join(map(str, COMPILED_WINDOWS))}, not {kernel}; use an "
+                         "earlier version")
+    if version is None and kernel in COMPILED_WINDOWS:
+        return compiled
+    return version
+
+
+def maxpool_forward(be, x, kernel=3, stride=2, version=None):
+    """y[n, c, p, q] = max of x[n, c, p*stride : p*stride+kernel, q*stride : q*stride+kernel].
+
+    version: 1 or 2 (kernel backends); by default 2 where the window size is compiled in."""
     shape = maxpool_output_shape(x.shape, kernel, stride)
+    version = _check_version("forward", version, FORWARD_VERSIONS, kernel, compiled=2) or 1
     if not be.runs_kernels:
         return maxpool_forward_reference(x, kernel, stride)
     suffix = storage_suffix("max-pool", x)
     y = be.empty(shape, dtype=x.dtype)
     if y.size:
         n, c, h, w = x.shape
-        be.launch(KERNELS, "pool_max_forward" + suffix, elementwise_grid(y.size), ELEMENTWISE_BLOCK,
+        name = "pool_max_forward" + (f"_v2_k{kernel}" if version == 2 else "")
+        be.launch(KERNELS, name + suffix, elementwise_grid(y.size), ELEMENTWISE_BLOCK,
                   [x, y, i32(h), i32(w), i32(shape[2]), i32(shape[3]), i32(kernel),
                    i32(stride), i32(y.size)])
     return y
@@ -128,12 +152,12 @@ def backward_v2_tiles(x_shape, kernel=3, stride=2):
 def maxpool_backward(be, x, y, dy, kernel=3, stride=2, version=None):
     """dx: each window's dy goes to its first maximum; deterministic (see module doc).
 
-    version: 1 or 2 (kernel backends); by default 2, or 1 where 2's tile does not fit in
-    shared memory (windows wider than about 3000 outputs)."""
+    version: 1, 2 or 3 (kernel backends); by default 3 where the window size is compiled in,
+    else 2, or 1 where the tile of 2 and 3 does not fit in shared memory (windows wider than
+    about 3000 outputs)."""
     shape = maxpool_output_shape(x.shape, kernel, stride)
-    if version is not None and version not in BACKWARD_VERSIONS:
-        raise ValueError(f"max-pool backward version must be one of {BACKWARD_VERSIONS}, "
-                         f"got {version!r}")
+    requested, version = version, _check_version("backward", version, BACKWARD_VERSIONS,
+                                                 kernel, compiled=3)
     if not be.runs_kernels:
         return maxpool_backward_reference(x, y, dy, kernel, stride)
     _check_shape("y", y, shape)
@@ -141,9 +165,9 @@ def maxpool_backward(be, x, y, dy, kernel=3, stride=2, version=None):
     suffix = storage_suffix("max-pool", x, y=y)
     require_float32("max-pool dy", dy)
     tiles = backward_v2_tiles(x.shape, kernel, stride) if version != 1 else None
-    if version == 2 and tiles is None:
-        raise ValueError(f"max-pool backward v2: the windows of one row of a {x.shape} input "
-                         "overflow shared memory; use version=1")
+    if requested in (2, 3) and tiles is None:
+        raise ValueError(f"max-pool backward v{requested}: the windows of one row of a "
+                         f"{x.shape} input overflow shared memory; use version=1")
     dx = be.empty(x.shape)
     if not dx.size:
         return dx
@@ -154,7 +178,8 @@ def maxpool_backward(be, x, y, dy, kernel=3, stride=2, version=None):
                   [x, y, dy, dx, *dims, i32(dx.size)])
         return dx
     rows, band_planes, win_cap, blocks = tiles
-    be.launch(KERNELS, "pool_max_backward_v2" + suffix, blocks, V2_THREADS,
+    name = f"pool_max_backward_v3_k{kernel}" if version == 3 else "pool_max_backward_v2"
+    be.launch(KERNELS, name + suffix, blocks, V2_THREADS,
               [x, dy, dx, *dims, i32(n * c), i32(rows), i32(band_planes), i32(win_cap)],
               shared_mem=8 * win_cap)
     return dx
