@@ -447,15 +447,16 @@ class Builder:
         shape, n = f"x{tuple(x.shape)} n5", float(x.size)
         forward = self.reference(lambda: lrn.lrn_forward_reference(X, **args)[0])
         backward = self.reference(ref_backward)
-        return [
-            # bytes: x, y (stored) and scale (fp32); backward x, y, scale, dy and dx
-            Case(f"{name} forward{tag}", shape, bytes=(2 * sb + 4) * n, baseline=fwd,
-                 ours=lambda: lrn.lrn_forward(be, x, **args)[0], expected=forward,
+        # bytes: x, y (stored) and scale (fp32); backward x, y, scale, dy and dx
+        return [case for v in lrn.VERSIONS for case in (
+            Case(f"{name} forward v{v}{tag}", shape, bytes=(2 * sb + 4) * n, baseline=fwd,
+                 replaces=f"{name} forward v{v - 1}{tag}" if v > 1 else "",
+                 ours=lambda v=v: lrn.lrn_forward(be, x, **args, version=v)[0], expected=forward,
                  **check(5, forward)),
-            Case(f"{name} backward{tag}", shape, bytes=(2 * sb + 12) * n, baseline=bwd,
-                 ours=lambda: lrn.lrn_backward(be, x, y, scale, dy, **args), expected=backward,
-                 **check(5, backward)),
-        ]
+            Case(f"{name} backward v{v}{tag}", shape, bytes=(2 * sb + 12) * n, baseline=bwd,
+                 replaces=f"{name} backward v{v - 1}{tag}" if v > 1 else "",
+                 ours=lambda v=v: lrn.lrn_backward(be, x, y, scale, dy, **args, version=v),
+                 expected=backward, **check(5, backward)))]
 
     def pool(self, name, c, h, precision="fp32"):
         be = self.be
@@ -471,12 +472,14 @@ class Builder:
         backward = self.reference(lambda: pool.maxpool_backward_reference(
             X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2))
         return [
-            Case(f"{name} forward{tag}", shape, bytes=sb * (x.size + y.size), baseline=fwd,
-                 ours=lambda: pool.maxpool_forward(be, x, 3, 2), expected=forward,
-                 **check(1, forward)),
+            Case(f"{name} forward v{v}{tag}", shape, bytes=sb * (x.size + y.size), baseline=fwd,
+                 replaces=f"{name} forward v{v - 1}{tag}" if v > 1 else "",
+                 ours=lambda v=v: pool.maxpool_forward(be, x, 3, 2, version=v), expected=forward,
+                 **check(1, forward))
+            for v in pool.FORWARD_VERSIONS
         ] + [
-            # bytes: what v1 reads and writes (x, y stored; dy, dx fp32; v2 does not read y),
-            # the same for both rows
+            # bytes: what v1 reads and writes (x, y stored; dy, dx fp32; v2 and v3 do not
+            # read y), the same for every row
             Case(f"{name} backward v{v}{tag}", shape, bytes=float((sb + 4) * (x.size + y.size)),
                  baseline=bwd, replaces=f"{name} backward v{v - 1}{tag}" if v > 1 else "",
                  ours=lambda v=v: pool.maxpool_backward(be, x, y, dy, 3, 2, version=v),
@@ -728,9 +731,10 @@ def versions(torch):
 
 
 # Rows measured before their kernel had numbered versions: the same kernels as today's v1
-# (max-pool backward and the conv filter gradient were renamed v1 when v2 came, their
-# bodies unchanged; the filter gradient's split plan is today's).
-RENAMED = {**{f"{name} backward": f"{name} backward v1" for name, *_ in POOLS},
+# (max-pool, LRN and the conv filter gradient were renamed v1 when v2 came, their bodies
+# unchanged; the filter gradient's split plan is today's).
+RENAMED = {**{f"{name} {pass_}": f"{name} {pass_} v1" for name, *_ in POOLS + LRNS
+              for pass_ in ("forward", "backward")},
            **{f"{name} backward filter": f"{name} backward filter v1" for name, *_ in CONVS}}
 
 

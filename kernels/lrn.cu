@@ -82,7 +82,14 @@ __device__ __forceinline__ void lrn_fwd(const T* __restrict__ x, T* __restrict__
   }
 }
 
-// Channel c's backward terms r = dy*y/scale and g = dy*scale^-beta (0 outside [0, C)).
+// The backward terms r = dy*y/scale and g = dy*scale^-beta of one channel from its loads.
+__device__ __forceinline__ void lrn_terms(float s, float d, float yv, float beta, float* r,
+                                          float* g) {
+  *r = d * yv / s;
+  *g = d * powf(s, -beta);
+}
+
+// Channel c's backward terms (0 outside [0, C)).
 template <class T>
 __device__ __forceinline__ void lrn_backward_term(const T* __restrict__ y,
                                                   const float* __restrict__ scale,
@@ -92,9 +99,7 @@ __device__ __forceinline__ void lrn_backward_term(const T* __restrict__ y,
   float rv = 0.0f, gv = 0.0f;
   if (c >= 0 && c < C) {
     const long long o = base + (long long)c * HW;
-    const float s = __ldg(scale + o), d = __ldg(dy + o);
-    rv = d * pa_ldg_f32(y + o) / s;
-    gv = d * powf(s, -beta);
+    lrn_terms(__ldg(scale + o), __ldg(dy + o), pa_ldg_f32(y + o), beta, &rv, &gv);
   }
   *r = rv;
   *g = gv;
@@ -136,6 +141,107 @@ __device__ __forceinline__ void lrn_bwd(const T* __restrict__ x, const T* __rest
   }
 }
 
+// v2: the ring length R = 2*half + 1 is compiled in (LRN_V2_ENTRIES), so the window lives
+// in registers: win[t] holds channel c - half + t and shifts down one slot a channel (the
+// unrolled loop's moves are register renames), with no shared-memory ring and no slot
+// arithmetic. v1's SASS for R = 5 runs about 150 instructions a channel and one load in
+// flight a thread: each channel's load waited for the previous channel's stores. v2 issues
+// the loads of LRN_AHEAD channels before it computes any of them. Sums run oldest channel
+// first, as in v1: the same bits.
+#define LRN_AHEAD 4
+
+template <int R, class T>
+__device__ __forceinline__ void lrn_fwd_v2(const T* __restrict__ x, T* __restrict__ y,
+                                           float* __restrict__ scale, int C, int HW,
+                                           int pixels, int chunk, float k, float a,
+                                           float beta) {
+  constexpr int half = R / 2;
+  lrn_column col;
+  if (!lrn_column_of(C, HW, pixels, half, chunk, &col)) return;
+  const long long base = col.base;
+  const int c0 = col.c0, c1 = col.c1;
+  float win[R];
+#pragma unroll
+  for (int j = 0; j < R - 1; ++j) {
+    const int c = c0 - half + j;
+    win[j] = (c >= 0 && c < C) ? pa_ldg_f32(x + base + (long long)c * HW) : 0.0f;
+  }
+  for (int c = c0; c < c1; c += LRN_AHEAD) {
+    float next[LRN_AHEAD];
+#pragma unroll
+    for (int u = 0; u < LRN_AHEAD; ++u) {
+      const int cn = c + u + half;
+      next[u] = (c + u < c1 && cn < C) ? pa_ldg_f32(x + base + (long long)cn * HW) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < LRN_AHEAD; ++u) {
+      if (c + u >= c1) break;
+      win[R - 1] = next[u];
+      float sum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < R; ++t) sum = fmaf(win[t], win[t], sum);
+      const float s = fmaf(a, sum, k);
+      const long long o = base + (long long)(c + u) * HW;
+      scale[o] = s;
+      pa_store(y + o, win[half] * powf(s, -beta));
+#pragma unroll
+      for (int t = 0; t < R - 1; ++t) win[t] = win[t + 1];
+    }
+  }
+}
+
+// The backward pass's v2: windows of the terms r and g in registers, as lrn_fwd_v2's.
+template <int R, class T>
+__device__ __forceinline__ void lrn_bwd_v2(const T* __restrict__ x, const T* __restrict__ y,
+                                           const float* __restrict__ scale,
+                                           const float* __restrict__ dy, float* __restrict__ dx,
+                                           int C, int HW, int pixels, int chunk,
+                                           float two_a_beta, float beta) {
+  constexpr int half = R / 2;
+  lrn_column col;
+  if (!lrn_column_of(C, HW, pixels, half, chunk, &col)) return;
+  const long long base = col.base;
+  const int c0 = col.c0, c1 = col.c1;
+  float rw[R], gw[R];
+#pragma unroll
+  for (int j = 0; j < R - 1; ++j)
+    lrn_backward_term(y, scale, dy, base, c0 - half + j, C, HW, beta, &rw[j], &gw[j]);
+  for (int c = c0; c < c1; c += LRN_AHEAD) {
+    // All loads first: computing a term (powf's and the division's slow paths are
+    // branches) between them would keep them from being in flight together.
+    float sv[LRN_AHEAD], dv[LRN_AHEAD], yv[LRN_AHEAD], xc[LRN_AHEAD];
+#pragma unroll
+    for (int u = 0; u < LRN_AHEAD; ++u) {
+      const int cn = c + u + half;
+      const bool in = c + u < c1, ok = in && cn < C;  // channels past the chunk are not used
+      const long long o = base + (long long)cn * HW, oc = base + (long long)(c + u) * HW;
+      sv[u] = ok ? __ldg(scale + o) : 1.0f;
+      dv[u] = ok ? __ldg(dy + o) : 0.0f;
+      yv[u] = ok ? pa_ldg_f32(y + o) : 0.0f;
+      xc[u] = in ? pa_ldg_f32(x + oc) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < LRN_AHEAD; ++u) {
+      if (c + u >= c1) break;
+      if (c + u + half < C) {
+        lrn_terms(sv[u], dv[u], yv[u], beta, &rw[R - 1], &gw[R - 1]);
+      } else {
+        rw[R - 1] = gw[R - 1] = 0.0f;
+      }
+      float sum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < R; ++t) sum += rw[t];
+      const long long o = base + (long long)(c + u) * HW;
+      dx[o] = gw[half] - two_a_beta * xc[u] * sum;
+#pragma unroll
+      for (int t = 0; t < R - 1; ++t) {
+        rw[t] = rw[t + 1];
+        gw[t] = gw[t + 1];
+      }
+    }
+  }
+}
+
 #define LRN_ENTRIES(SUFFIX, T)                                                               \
   extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK) lrn_forward##SUFFIX(           \
       const T* __restrict__ x, T* __restrict__ y, float* __restrict__ scale, int C, int HW,   \
@@ -150,4 +256,22 @@ __device__ __forceinline__ void lrn_bwd(const T* __restrict__ x, const T* __rest
   }
 PA_STORAGE_TYPES(LRN_ENTRIES)
 #undef LRN_ENTRIES
+
+// v2's entries for the ring lengths ops/lrn.py's COMPILED_RINGS lists (sizes 3 and 5).
+#define LRN_V2_ENTRIES(R, SUFFIX, T)                                                         \
+  extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK) lrn_forward_v2_r##R##SUFFIX(   \
+      const T* __restrict__ x, T* __restrict__ y, float* __restrict__ scale, int C, int HW,   \
+      int pixels, int half, int chunk, float k, float a, float beta) {                        \
+    lrn_fwd_v2<R, T>(x, y, scale, C, HW, pixels, chunk, k, a, beta);                          \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(LRN_MAX_BLOCK) lrn_backward_v2_r##R##SUFFIX(  \
+      const T* __restrict__ x, const T* __restrict__ y, const float* __restrict__ scale,      \
+      const float* __restrict__ dy, float* __restrict__ dx, int C, int HW, int pixels,        \
+      int half, int chunk, float two_a_beta, float beta) {                                    \
+    lrn_bwd_v2<R, T>(x, y, scale, dy, dx, C, HW, pixels, chunk, two_a_beta, beta);            \
+  }
+#define LRN_V2_RINGS(SUFFIX, T) LRN_V2_ENTRIES(3, SUFFIX, T) LRN_V2_ENTRIES(5, SUFFIX, T)
+PA_STORAGE_TYPES(LRN_V2_RINGS)
+#undef LRN_V2_RINGS
+#undef LRN_V2_ENTRIES
 #undef LRN_MAX_BLOCK

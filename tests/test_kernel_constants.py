@@ -103,7 +103,7 @@ def test_every_launch_fits_its_launch_bounds(monkeypatch):
     for file in {f for f, _, _ in launches}:
         bounds[file] = launch_bounds(file)
     kernels = {k for _, k, _ in launches}
-    assert {"lrn_forward", "dropout_apply", "softmax_xent_forward"} <= kernels, kernels
+    assert {"lrn_forward_v2_r3", "dropout_apply", "softmax_xent_forward"} <= kernels, kernels
     assert any(k.startswith("conv_fwd_") for k in kernels) and any(k.startswith("gemm_")
                                                                    for k in kernels), kernels
     checked = 0

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, record_launches
 
 from pyalexnet.backends import get_backend
 from pyalexnet.gradcheck import assert_gradient_close, numeric_gradient
 from pyalexnet.ops import lrn as lrn_mod
-from pyalexnet.ops.lrn import (lrn_backward, lrn_backward_reference, lrn_forward,
-                               lrn_forward_reference)
+from pyalexnet.ops.lrn import (COMPILED_RINGS, lrn_backward, lrn_backward_reference,
+                               lrn_forward, lrn_forward_reference)
+from pyalexnet.ops.precision import BF16, to_bf16
 
 # (shape, size, alpha_over_n): odd C, H != W, windows 1..7 and windows wider than C.
 RANDOM_CASES = [
@@ -70,9 +71,29 @@ def test_reference_gradient(rng, shape, size, alpha_over_n):
     assert_gradient_close(analytic, numeric, what="lrn dx")
 
 
+def _versions(shape, size):
+    """The kernel versions that serve this window: 1 always, 2 for the compiled lengths."""
+    ring = 2 * min(size // 2, shape[1] - 1) + 1
+    return (1, 2) if ring in COMPILED_RINGS else (1,)
+
+
+def _same_bits_every_version(be, x, dy, **params):
+    """Every version's y, scale and dx, bit for bit against the first's; its y and scale."""
+    first = None
+    for version in _versions(x.shape, params["size"]):
+        y, scale = lrn_forward(be, be.asarray(x), **params, version=version)
+        dx = lrn_backward(be, be.asarray(x), y, scale, be.asarray(dy), **params, version=version)
+        got = [be.to_numpy(a) for a in (y, scale, dx)]
+        if first is None:
+            first = got
+        for a, b, what in zip(got, first, ("y", "scale", "dx")):
+            np.testing.assert_array_equal(a, b, err_msg=f"v{version} {what} differs from v1's")
+    return y, scale
+
+
 def _check_kernel(be, x, dy, **params):
     ref_y, ref_scale = lrn_forward_reference(x.astype(np.float64), **params)
-    y, scale = lrn_forward(be, be.asarray(x), **params)
+    y, scale = _same_bits_every_version(be, x, dy, **params)
     window = min(params["size"], 2 * x.shape[1] - 1)
     assert_matches_reference(be.to_numpy(scale), ref_scale, reduction=window, what="scale")
     assert_matches_reference(be.to_numpy(y), ref_y, reduction=window, what="y")
@@ -144,6 +165,37 @@ def test_bad_parameters_are_reported(kwargs, match):
     x = np.zeros((1, 3, 2, 2), np.float32)
     with pytest.raises(ValueError, match=match):
         lrn_forward(get_backend("emu"), x, **kwargs)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 37, 4, 6), 5), ((1, 70, 3, 5), 3), ((1, 3, 5, 7), 7)])
+def test_bf16_storage_same_bits_every_version(rng, shape, size):
+    x = to_bf16((3 * rng.standard_normal(shape)).astype(np.float32))
+    assert x.dtype == BF16
+    dy = rng.standard_normal(shape).astype(np.float32)
+    assert _versions(shape, size) == (1, 2)
+    _same_bits_every_version(get_backend("emu"), x, dy, size=size, alpha=0.5, beta=0.75, k=2.0)
+
+
+@pytest.mark.parametrize("shape,size,name", [
+    ((1, 96, 2, 2), 5, "_v2_r5"), ((1, 8, 2, 2), 3, "_v2_r3"),
+    ((1, 2, 2, 2), 5, "_v2_r3"),   # a window of 5 over 2 channels: 3 after clipping
+    ((1, 8, 2, 2), 7, ""), ((1, 8, 2, 2), 1, "")])
+def test_default_version_follows_the_compiled_rings(monkeypatch, shape, size, name):
+    be = get_backend("emu")
+    x = be.asarray(np.ones(shape, np.float32))
+    launched = record_launches(monkeypatch, be)
+    y, scale = lrn_forward(be, x, size=size)
+    lrn_backward(be, x, y, scale, x, size=size)
+    assert launched == ["lrn_forward" + name, "lrn_backward" + name]
+
+
+def test_bad_version_is_reported():
+    be = get_backend("emu")
+    x = np.zeros((1, 9, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"version must be one of \(1, 2\)"):
+        lrn_forward(be, x, version=3)
+    with pytest.raises(ValueError, match="v2 is compiled for windows of 3 or 5 channels, not 7"):
+        lrn_backward(be, x, x, x, x, size=7, version=2)
 
 
 def test_bad_arrays_are_reported():

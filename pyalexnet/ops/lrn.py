@@ -19,6 +19,11 @@ clip to the channels that exist). ``k > 0`` and ``alpha >= 0`` keep scale positi
 The kernels (kernels/lrn.cu) sum in float32, each window afresh in ascending channel
 order, and use the accurate ``powf``. x and y may be float32 or bf16 bits (uint16;
 ops/precision.py): y has x's storage; scale, dy and dx are float32.
+
+Kernel versions (``version=``; both give the same bits): 1 keeps each thread's window in a
+shared-memory ring of any length; 2 (the default where the window, clipped to the channels
+there are, is one of COMPILED_RINGS) has its length compiled in, keeps it in registers and
+loads several channels ahead.
 """
 import numpy as np
 
@@ -26,6 +31,8 @@ from ._launch import ceil_div, f32, i32, require_float32
 from .precision import storage_suffix, stored_like, widened
 
 KERNELS = "lrn.cu"
+VERSIONS = (1, 2)
+COMPILED_RINGS = (3, 5)  # window lengths (2 * half + 1) with v2 entries (kernels/lrn.cu)
 MAX_BLOCK = 128          # threads per block (pixels); the kernels' __launch_bounds__
 SHARED_LIMIT = 48 * 1024  # the per-thread channel rings stay under the default opt-in limit
 # Channels per thread: long chunks amortise loading the 2*half halo channels; shorter ones
@@ -111,30 +118,55 @@ def _geometry(shape, size, rings):
     return grid, block, shared, args
 
 
-def lrn_forward(be, x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=False):
-    """(y, scale): y = x * scale^-beta, scale = k + a * (window sum of x^2); see module doc."""
+def _version(version, shape, size):
+    """The version to run for an (N, C, H, W) tensor: ``version``, checked, or the newest
+    that serves its window (clipped to the channels there are)."""
+    ring = 2 * min(size // 2, shape[1] - 1) + 1
+    if version is not None and version not in VERSIONS:
+        raise ValueError(f"LRN version must be one of {VERSIONS}, got {version!r}")
+    if version == 2 and ring not in COMPILED_RINGS:
+        raise ValueError(f"LRN v2 is compiled for windows of {' or '.join(map(str, COMPILED_RINGS))} "
+                         f"channels, not {ring}; use version=1")
+    if version is None:
+        version = 2 if ring in COMPILED_RINGS else 1
+    return version, ring
+
+
+def _launch(be, name, suffix, shape, size, rings, version, arrays, floats):
+    version, ring = _version(version, shape, size)
+    grid, block, shared, args = _geometry(shape, size, rings)
+    if version == 2:  # no ring in shared memory
+        name, shared = f"{name}_v2_r{ring}", 0
+    be.launch(KERNELS, name + suffix, grid, block, arrays + args + floats, shared_mem=shared)
+
+
+def lrn_forward(be, x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=False,
+                version=None):
+    """(y, scale): y = x * scale^-beta, scale = k + a * (window sum of x^2); see module doc.
+    version: 1 or 2 (kernel backends; see module doc)."""
     _check_params(size, alpha, beta, k)
     _check_4d("x", x)
+    _version(version, x.shape, size)
     if not be.runs_kernels:
         return lrn_forward_reference(x, size, alpha, beta, k, alpha_over_n)
     suffix = storage_suffix("LRN", x)
     y, scale = be.empty(x.shape, dtype=x.dtype), be.empty(x.shape)
     if x.size == 0:
         return y, scale
-    grid, block, shared, args = _geometry(x.shape, size, rings=1)
-    be.launch(KERNELS, "lrn_forward" + suffix, grid, block,
-              [x, y, scale] + args + [f32(k), f32(_a(alpha, size, alpha_over_n)), f32(beta)],
-              shared_mem=shared)
+    _launch(be, "lrn_forward", suffix, x.shape, size, 1, version, [x, y, scale],
+            [f32(k), f32(_a(alpha, size, alpha_over_n)), f32(beta)])
     return y, scale
 
 
 def lrn_backward(be, x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
-                 alpha_over_n=False):
-    """dx from the forward input x, its outputs y and scale, and dy (same parameters)."""
+                 alpha_over_n=False, version=None):
+    """dx from the forward input x, its outputs y and scale, and dy (same parameters).
+    version: 1 or 2 (kernel backends; see module doc)."""
     _check_params(size, alpha, beta, k)
     _check_4d("x", x)
     for what, arr in (("y", y), ("scale", scale), ("dy", dy)):
         _check_4d(what, arr, x.shape)
+    _version(version, x.shape, size)
     if not be.runs_kernels:
         return lrn_backward_reference(x, y, scale, dy, size, alpha, beta, k, alpha_over_n)
     suffix = storage_suffix("LRN", x, y=y)
@@ -143,9 +175,7 @@ def lrn_backward(be, x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
     dx = be.empty(x.shape)
     if x.size == 0:
         return dx
-    grid, block, shared, args = _geometry(x.shape, size, rings=2)
     a = _a(alpha, size, alpha_over_n)
-    be.launch(KERNELS, "lrn_backward" + suffix, grid, block,
-              [x, y, scale, dy, dx] + args + [f32(2 * a * beta), f32(beta)],
-              shared_mem=shared)
+    _launch(be, "lrn_backward", suffix, x.shape, size, 2, version, [x, y, scale, dy, dx],
+            [f32(2 * a * beta), f32(beta)])
     return dx
