@@ -68,6 +68,11 @@ POOLS = [("pool1", 96, 55), ("pool2", 256, 27), ("pool3", 256, 13)]
 BIASES = [("conv1", 96, 55), ("conv2", 256, 27)]
 
 
+def replaced(case, v, tag=""):
+    """The ``replaces`` of version v of ``case`` ("conv1 backward filter"): its v - 1."""
+    return f"{case} v{v - 1}{tag}" if v > 1 else ""
+
+
 @dataclass
 class Case:
     name: str
@@ -239,7 +244,7 @@ class Builder:
         ] + [
             # each version's workspace allocated once, as the model does
             Case(f"{name} backward filter v{v}", shape, flops=flops,
-                 replaces=f"{name} backward filter v{v - 1}" if v > 1 else "",
+                 replaces=replaced(f"{name} backward filter", v),
                  ours=lambda v=v, ws=be.empty((max(1, conv.conv2d_backward_filter_workspace_size(
                      x.shape, w.shape, s, p, g, version=v)),)):
                      conv.conv2d_backward_filter(be, x, dy, w.shape, s, p, g, version=v,
@@ -450,11 +455,11 @@ class Builder:
         # bytes: x, y (stored) and scale (fp32); backward x, y, scale, dy and dx
         return [case for v in lrn.VERSIONS for case in (
             Case(f"{name} forward v{v}{tag}", shape, bytes=(2 * sb + 4) * n, baseline=fwd,
-                 replaces=f"{name} forward v{v - 1}{tag}" if v > 1 else "",
+                 replaces=replaced(f"{name} forward", v, tag),
                  ours=lambda v=v: lrn.lrn_forward(be, x, **args, version=v)[0], expected=forward,
                  **check(5, forward)),
             Case(f"{name} backward v{v}{tag}", shape, bytes=(2 * sb + 12) * n, baseline=bwd,
-                 replaces=f"{name} backward v{v - 1}{tag}" if v > 1 else "",
+                 replaces=replaced(f"{name} backward", v, tag),
                  ours=lambda v=v: lrn.lrn_backward(be, x, y, scale, dy, **args, version=v),
                  expected=backward, **check(5, backward)))]
 
@@ -473,7 +478,7 @@ class Builder:
             X, pool.maxpool_forward_reference(X, 3, 2), DY, 3, 2))
         return [
             Case(f"{name} forward v{v}{tag}", shape, bytes=sb * (x.size + y.size), baseline=fwd,
-                 replaces=f"{name} forward v{v - 1}{tag}" if v > 1 else "",
+                 replaces=replaced(f"{name} forward", v, tag),
                  ours=lambda v=v: pool.maxpool_forward(be, x, 3, 2, version=v), expected=forward,
                  **check(1, forward))
             for v in pool.FORWARD_VERSIONS
@@ -481,7 +486,7 @@ class Builder:
             # bytes: what v1 reads and writes (x, y stored; dy, dx fp32; v2 and v3 do not
             # read y), the same for every row
             Case(f"{name} backward v{v}{tag}", shape, bytes=float((sb + 4) * (x.size + y.size)),
-                 baseline=bwd, replaces=f"{name} backward v{v - 1}{tag}" if v > 1 else "",
+                 baseline=bwd, replaces=replaced(f"{name} backward", v, tag),
                  ours=lambda v=v: pool.maxpool_backward(be, x, y, dy, 3, 2, version=v),
                  expected=backward, **check(1, backward))
             for v in pool.BACKWARD_VERSIONS
@@ -499,13 +504,15 @@ class Builder:
         shape, n = f"x{tuple(x.shape)}", float(x.size)
         forward = self.reference(lambda: relu.relu_forward_reference(X))
         backward = self.reference(lambda: relu.relu_backward_reference(X, DY))
-        return [
-            Case(f"relu1 forward{tag}", shape, bytes=2 * sb * n, baseline=fwd,
-                 ours=lambda: relu.relu_forward(be, x), expected=forward, **check(1, forward)),
-            Case(f"relu1 backward{tag}", shape, bytes=(sb + 8) * n, baseline=bwd,
-                 ours=lambda: relu.relu_backward(be, y, dy), expected=backward,
-                 **check(1, backward)),
-        ]
+        return [case for v in relu.VERSIONS for case in (
+            Case(f"relu1 forward v{v}{tag}", shape, bytes=2 * sb * n, baseline=fwd,
+                 replaces=replaced("relu1 forward", v, tag),
+                 ours=lambda v=v: relu.relu_forward(be, x, version=v), expected=forward,
+                 **check(1, forward)),
+            Case(f"relu1 backward v{v}{tag}", shape, bytes=(sb + 8) * n, baseline=bwd,
+                 replaces=replaced("relu1 backward", v, tag),
+                 ours=lambda v=v: relu.relu_backward(be, y, dy, version=v), expected=backward,
+                 **check(1, backward)))]
 
     def bias(self, name, c, h):
         """The bias gradient of a conv layer's output, per version."""
@@ -515,7 +522,7 @@ class Builder:
         return [Case(f"{name} bias backward v{v}", f"dy{tuple(dy.shape)}", bytes=float(dy.nbytes),
                      ours=lambda v=v: bias.bias_backward(be, dy, version=v),
                      baseline=self.timed(lambda T: T(dy).sum((0, 2, 3))),
-                     replaces=f"{name} bias backward v{v - 1}" if v > 1 else "",
+                     replaces=replaced(f"{name} bias backward", v),
                      expected=self.reference(lambda: bias.bias_backward_reference(DY)))
                 for v in bias.BACKWARD_VERSIONS]
 

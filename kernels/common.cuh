@@ -6,6 +6,11 @@
 
 __device__ __forceinline__ int pa_ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Whether p is aligned to `bytes` (a power of two), for a vector load or store through it.
+__device__ __forceinline__ bool pa_aligned(const void* p, unsigned bytes) {
+  return (reinterpret_cast<unsigned long long>(p) & (bytes - 1ull)) == 0;
+}
+
 // Grid-stride loop over [0, n): every elementwise kernel uses it, so any grid size works.
 #define PA_GRID_STRIDE(i, n)                                                   \
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \

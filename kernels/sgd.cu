@@ -11,9 +11,6 @@ __device__ __forceinline__ void sgd_step(float& w, float g, float& v, float lr, 
   w = w + v;
 }
 
-__device__ __forceinline__ bool sgd_aligned16(const void* p) {
-  return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
-}
 
 // When w, grad and v are all 16-byte aligned, the first n/4*4 elements go as float4 and the
 // n%4 tail as scalars; otherwise (views at odd offsets) everything goes scalar.
@@ -22,7 +19,7 @@ extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __rest
                                       float momentum, float weight_decay) {
   const float decay = weight_decay * lr;
   long long scalar_from = 0;
-  if (sgd_aligned16(w) && sgd_aligned16(grad) && sgd_aligned16(v)) {
+  if (pa_aligned(w, 16) && pa_aligned(grad, 16) && pa_aligned(v, 16)) {
     long long n4 = n / 4;
     float4* w4 = reinterpret_cast<float4*>(w);
     float4* v4 = reinterpret_cast<float4*>(v);

@@ -179,7 +179,7 @@ def test_emulated_benchmark_runs_and_compares(tmp_path):
     names = [r["name"] for r in d["results"]]
     assert names == ["fc8 forward previous plan", "fc8 forward", "fc8 forward [tf32]",
                      "lrn2 forward v1", "lrn2 backward v1", "lrn2 forward v2", "lrn2 backward v2",
-                     "relu1 forward", "relu1 backward"]
+                     "relu1 forward v1", "relu1 backward v1", "relu1 forward v2", "relu1 backward v2"]
     fc8 = d["results"][names.index("fc8 forward")]
     # 2 x 4096 @ 4096 x 1000, all blocks of the GEMM run (2 are fewer than the grid's)
     assert fc8["flops"] > 2 * 2 * 4096 * 1000 * 0.99 and fc8["model_ms"] > 0
