@@ -598,7 +598,9 @@ class Builder:
         return cases + self.dropout() + self.softmax() + self.sgd()
 
 
-def run(args):
+def run(args, on_row=lambda be, batch, small, torch, results, failures: None, info=None):
+    """Validate and time every case; ``on_row`` sees the results so far after each row.
+    ``info`` (a dict) gets the device copy bandwidth, measured first on a GPU."""
     try:
         be = get_backend(args.backend)
     except (ValueError, BackendUnavailable) as e:
@@ -623,6 +625,9 @@ def run(args):
     if args.only:
         cases = [c for c in cases if any(o in c.name for o in args.only)]
     timer = Timer(be)
+    if gpu and info is not None:
+        info["copy_bandwidth_bytes_per_s"] = copy_bandwidth(be)
+        print(f"device copy bandwidth: {info['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
     peak = next((v for k, v in PEAKS.items() if gpu and k in device_name(be)), None)
     tc_peak = next((v for k, v in TC_PEAKS.items() if gpu and k in device_name(be)), None)
     results, failures = [], []
@@ -661,6 +666,7 @@ def run(args):
             failures.append(c.name)
         results.append(r)
         print_row(r)
+        on_row(be, batch, small, torch, results, failures)
     ratios = version_ratios(cases, results)
     for name, ratio in ratios.items():
         print(f"{name}: {ratio:.2f} x the time of {next(c.replaces for c in cases if c.name == name)}")
@@ -937,28 +943,33 @@ def main(argv=None):
             Path(args.markdown).write_text(counters_table(summary["results"]))
             print(f"wrote {args.markdown}")
         return 0
-    be, batch, small, torch, results, failures, ratios = run(args)
-    name = device_name(be)
     stamp = datetime.datetime.now(datetime.timezone.utc)
-    slug = "-".join(name.lower().split()) if be.name == "cuda" else f"cpu-{be.name}"
-    out = Path(args.out) if args.out else (
-        ROOT / "benchmarks" / "results" / f"kernels-{'small-' if small else ''}{slug}-{stamp:%Y%m%d}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with_base = [r.ratio for r in results if r.ratio]
-    summary = {
-        "device": name, "backend": be.name, "date": stamp.isoformat(timespec="seconds"),
-        "batch": batch, "small": small, "versions": versions(torch),
-        "baseline": ("PyTorch cuDNN/cuBLAS at each row's precision: fp32 with TF32 off, tf32 with "
-                     "TF32 on, bf16 on bfloat16 tensors") if torch else None,
-        "tensor_core_peaks": next((v for k, v in TC_PEAKS.items() if k in name), None),
-        "timing": "CUDA events, median, L2 flushed between repeats" if be.name == "cuda" else "wall clock, median",
-        "repeats": args.repeats, "geomean_ratio": float(np.exp(np.mean(np.log(with_base)))) if with_base else None,
-        "validation_failures": failures, "version_ratios": ratios,
-        "results": [asdict(r) for r in results]}
-    if be.name == "cuda":
-        summary["copy_bandwidth_bytes_per_s"] = copy_bandwidth(be)
-        print(f"device copy bandwidth: {summary['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
-    out.write_text(json.dumps(summary, indent=1))
+
+    def summarize(be, batch, small, torch, results, failures, ratios=None):
+        """The JSON summary, written after every row (a run cut short by a timeout keeps
+        what it measured: "complete" false) and once more at the end."""
+        name = device_name(be)
+        slug = "-".join(name.lower().split()) if be.name == "cuda" else f"cpu-{be.name}"
+        out = Path(args.out) if args.out else (
+            ROOT / "benchmarks" / "results" / f"kernels-{'small-' if small else ''}{slug}-{stamp:%Y%m%d}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with_base = [r.ratio for r in results if r.ratio]
+        summary = {
+            "device": name, "backend": be.name, "date": stamp.isoformat(timespec="seconds"),
+            "batch": batch, "small": small, "versions": versions(torch),
+            "baseline": ("PyTorch cuDNN/cuBLAS at each row's precision: fp32 with TF32 off, tf32 with "
+                         "TF32 on, bf16 on bfloat16 tensors") if torch else None,
+            "tensor_core_peaks": next((v for k, v in TC_PEAKS.items() if k in name), None),
+            "timing": "CUDA events, median, L2 flushed between repeats" if be.name == "cuda" else "wall clock, median",
+            "repeats": args.repeats, "geomean_ratio": float(np.exp(np.mean(np.log(with_base)))) if with_base else None,
+            "validation_failures": failures, "complete": ratios is not None,
+            "version_ratios": ratios or {}, **info, "results": [asdict(r) for r in results]}
+        out.write_text(json.dumps(summary, indent=1))
+        return out, summary, with_base
+
+    info = {}
+    be, batch, small, torch, results, failures, ratios = run(args, summarize, info)
+    out, summary, with_base = summarize(be, batch, small, torch, results, failures, ratios)
     if with_base:
         print(f"geometric mean of ours/baseline time: {summary['geomean_ratio']:.2f}")
     print(f"wrote {out}")
