@@ -42,13 +42,15 @@ __device__ __forceinline__ void gemm_mma(const typename mt_types<PREC>::src* __r
 #define GEMM_MMA_TILES(PNAME, PREC, TNAME, TA, TB, MIN128)                  \
   GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, 128, 128, 128, 64, 32, MIN128) \
   GEMM_MMA_ENTRY(PNAME, PREC, TNAME, TA, TB, 64, 64, 64, 32, 32, 4)
-#define GEMM_MMA_ALL(PNAME, PREC)                  \
-  GEMM_MMA_TILES(PNAME, PREC, nt, false, true, 2)  \
-  GEMM_MMA_TILES(PNAME, PREC, nn, false, false, 0) \
+// NN_MIN128: tf32's nn tile-128 spills at 128 registers, bf16's (its fetched elements two
+// to a register) does not.
+#define GEMM_MMA_ALL(PNAME, PREC, NN_MIN128)                  \
+  GEMM_MMA_TILES(PNAME, PREC, nt, false, true, 2)           \
+  GEMM_MMA_TILES(PNAME, PREC, nn, false, false, NN_MIN128) \
   GEMM_MMA_TILES(PNAME, PREC, tn, true, false, 2)
 
-GEMM_MMA_ALL(tf32, MT_TF32)
-GEMM_MMA_ALL(bf16, MT_BF16)
+GEMM_MMA_ALL(tf32, MT_TF32, 0)
+GEMM_MMA_ALL(bf16, MT_BF16, 2)
 #undef GEMM_MMA_ALL
 #undef GEMM_MMA_TILES
 #undef GEMM_MMA_ENTRY

@@ -45,9 +45,9 @@
 // MIN_BLOCKS resident per SM (0: no minimum). A minimum holds ptxas to 65536 / (threads *
 // MIN_BLOCKS) registers a thread; each entry asks for what fits without spilling
 // (tests/test_compile.py): 4 blocks (16 warps) for the 4-warp tile-64 kernels, 2 for the
-// 8-warp tile-128 GEMMs nt and tn, none for the other tile-128 kernels, which spill at
-// 128 registers (and a minimum of 1 lets ptxas take more registers than it does
-// without one).
+// 8-warp tile-128 GEMMs nt and tn and for bf16's tile-128 GEMM nn and conv filter
+// gradient, none for the other tile-128 kernels, which spill at 128 registers (and a
+// minimum of 1 lets ptxas take more registers than it does without one).
 #define MT_THREADS(BM, BN, WM, WN) ((BM / WM) * (BN / WN) * 32)
 #define MT_LAUNCH_BOUNDS(BM, BN, WM, WN, MIN_BLOCKS) \
   __launch_bounds__(MT_THREADS(BM, BN, WM, WN), MIN_BLOCKS)
@@ -160,11 +160,33 @@ __device__ __forceinline__ void mt_elem_pos(int i, int& row, int& k) {
   }
 }
 
+// A thread's fetched elements between the global loads and the shared-memory stores:
+// bf16 elements two to a register (half the registers of one each: the bf16 tile-128 data
+// gradient, filter gradient and GEMM nn fit 128 registers, 2 blocks an SM).
+// (Free functions, not members: the emulator compiles __device__ as `static inline`.)
+template <int PREC, int N> struct mt_stage { unsigned w[N]; };
+template <int N> struct mt_stage<MT_BF16, N> { unsigned w[(N + 1) / 2]; };
+template <int PREC, int SPEC, int ROWS, int THREADS>
+using mt_stage_of = mt_stage<PREC, mt_tile<PREC, SPEC, ROWS, THREADS>::PER_THREAD>;
+
+template <int N>
+__device__ __forceinline__ void mt_set(mt_stage<MT_TF32, N>& r, int i, unsigned v) { r.w[i] = v; }
+template <int N>
+__device__ __forceinline__ unsigned mt_get(const mt_stage<MT_TF32, N>& r, int i) { return r.w[i]; }
+template <int N>
+__device__ __forceinline__ void mt_set(mt_stage<MT_BF16, N>& r, int i, unsigned short v) {
+  r.w[i / 2] = (i & 1) ? (r.w[i / 2] & 0xffffu) | ((unsigned)v << 16) : (unsigned)v;
+}
+template <int N>
+__device__ __forceinline__ unsigned short mt_get(const mt_stage<MT_BF16, N>& r, int i) {
+  return (unsigned short)((i & 1) ? r.w[i / 2] >> 16 : r.w[i / 2] & 0xffffu);
+}
+
 // This thread's share of one chunk. When every element a thread fetches has the same row
 // (RFAST) or the same k (KFAST), that index's part (a table entry) is read once per chunk.
 template <int PREC, int SPEC, int ROWS, int THREADS>
 __device__ __forceinline__ void mt_load(const mt_operand<PREC>& o, int row0, int kt, int kend,
-                                        typename mt_types<PREC>::elem* r) {
+                                        mt_stage_of<PREC, SPEC, ROWS, THREADS>& r) {
   typedef mt_tile<PREC, SPEC, ROWS, THREADS> T;
   enum { ROW_FIXED = T::RFAST && THREADS % ROWS == 0, K_FIXED = !T::RFAST && THREADS % T::BK == 0 };
   int row, k;
@@ -174,20 +196,21 @@ __device__ __forceinline__ void mt_load(const mt_operand<PREC>& o, int row0, int
 #pragma unroll
   for (int i = 0; i < T::PER_THREAD; ++i) {
     mt_elem_pos<SPEC, ROWS, T::BK, THREADS>(i, row, k);
-    r[i] = mt_fetch<PREC, SPEC>(o, ROW_FIXED ? rp0 : mt_row_part<PREC, SPEC>(o, row0 + row),
-                                K_FIXED ? kp0 : mt_k_part<PREC, SPEC>(o, kt + k, kend));
+    const mt_part rp = ROW_FIXED ? rp0 : mt_row_part<PREC, SPEC>(o, row0 + row);
+    const mt_part kp = K_FIXED ? kp0 : mt_k_part<PREC, SPEC>(o, kt + k, kend);
+    mt_set(r, i, mt_fetch<PREC, SPEC>(o, rp, kp));
   }
 }
 
 template <int PREC, int SPEC, int ROWS, int THREADS>
 __device__ __forceinline__ void mt_store(typename mt_types<PREC>::elem* s,
-                                         const typename mt_types<PREC>::elem* r) {
+                                         const mt_stage_of<PREC, SPEC, ROWS, THREADS>& r) {
   typedef mt_tile<PREC, SPEC, ROWS, THREADS> T;
 #pragma unroll
   for (int i = 0; i < T::PER_THREAD; ++i) {
     int row, k;
     mt_elem_pos<SPEC, ROWS, T::BK, THREADS>(i, row, k);
-    s[T::RFAST ? k * T::STRIDE + row : row * T::STRIDE + k] = r[i];
+    s[T::RFAST ? k * T::STRIDE + row : row * T::STRIDE + k] = mt_get(r, i);
   }
 }
 
@@ -257,7 +280,8 @@ __device__ __forceinline__ void mt_mainloop(const mt_operand<PREC>& A, const mt_
       for (int i = 0; i < 4; ++i) acc[mf][nf][i] = 0.0f;
   if (kbeg >= kend) return;
 
-  elem ra[TA::PER_THREAD], rb[TB::PER_THREAD];
+  mt_stage_of<PREC, SPEC_A, BM, THREADS> ra;
+  mt_stage_of<PREC, SPEC_B, BN, THREADS> rb;
   mt_load<PREC, SPEC_A, BM, THREADS>(A, m0, kbeg, kend, ra);
   mt_load<PREC, SPEC_B, BN, THREADS>(B, n0, kbeg, kend, rb);
   int buf = 0;

@@ -97,11 +97,17 @@ def test_tensor_core_kernels_report_the_block_their_launcher_uses():
                 assert (k.threads, k.assumed) == (threads, False), k.name
                 if tile == 64:  # held to 128 registers: 16 warps an SM (mma_tile.cuh)
                     assert k.occupancy.blocks >= 4, f"{k.name}: {k.registers} registers"
+    # bf16's fetched elements two to a register: its tile-128 gradients fit 2 blocks an SM
+    for kind in ("bwd_data", "bwd_filter"):
+        k = usage[f"conv_mma_{kind}_bf16_128"]
+        assert k.occupancy.blocks >= 2, f"{k.name}: {k.registers} registers"
     usage = _sm90_usage("gemm_mma.cu")
     for precision in ("tf32", "bf16"):
         for ops, tile, blocks in (("nt", 128, 2), ("tn", 128, 2), ("nn", 64, 4), ("nt", 64, 4)):
             k = usage[f"gemm_mma_{precision}_{ops}_{tile}"]
             assert k.occupancy.blocks >= blocks, f"{k.name}: {k.registers} registers"
+    k = usage["gemm_mma_bf16_nn_128"]
+    assert k.occupancy.blocks >= 2, f"{k.name}: {k.registers} registers"
 
 
 def test_report_lists_every_kernel_with_occupancy():
