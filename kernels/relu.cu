@@ -6,17 +6,22 @@
 // NaN passes through: a diverging run is noticed.
 __device__ __forceinline__ float relu1(float v) { return v < 0.0f ? 0.0f : v; }
 
+// The grid-stride loop over [from, n): v1's whole pass, and v2's unaligned or tail part.
+#define RELU_FROM(i, from, n)                                                                  \
+  for (long long i = (from) + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);      \
+       i += (long long)blockDim.x * gridDim.x)
+
 template <class T>
-__device__ __forceinline__ void relu_fwd(const T* __restrict__ x, T* __restrict__ y,
-                                         long long n) {
-  PA_GRID_STRIDE(i, n) pa_store(y + i, relu1(pa_to_f32(x[i])));
+__device__ __forceinline__ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, long long n,
+                                         long long from = 0) {
+  RELU_FROM(i, from, n) pa_store(y + i, relu1(pa_to_f32(x[i])));
 }
 
 // Takes the forward output y (ReLU can run in place, so x may be gone).
 template <class T, class TD>
 __device__ __forceinline__ void relu_bwd(const T* __restrict__ y, const float* __restrict__ dy,
-                                         TD* __restrict__ dx, long long n) {
-  PA_GRID_STRIDE(i, n) pa_store(dx + i, pa_to_f32(y[i]) > 0.0f ? dy[i] : 0.0f);
+                                         TD* __restrict__ dx, long long n, long long from = 0) {
+  RELU_FROM(i, from, n) pa_store(dx + i, pa_to_f32(y[i]) > 0.0f ? dy[i] : 0.0f);
 }
 
 // v2: four consecutive elements a thread a step, each array read and written as one
@@ -37,9 +42,7 @@ __device__ __forceinline__ void relu_fwd_v2(const T* __restrict__ x, T* __restri
     }
     scalar_from = n4 * 4;
   }
-  for (long long i = scalar_from + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (long long)blockDim.x * gridDim.x)
-    pa_store(y + i, relu1(pa_to_f32(x[i])));
+  relu_fwd(x, y, n, scalar_from);
 }
 
 template <class T, class TD>
@@ -55,39 +58,28 @@ __device__ __forceinline__ void relu_bwd_v2(const T* __restrict__ y, const float
     }
     scalar_from = n4 * 4;
   }
-  for (long long i = scalar_from + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (long long)blockDim.x * gridDim.x)
-    pa_store(dx + i, pa_to_f32(y[i]) > 0.0f ? dy[i] : 0.0f);
+  relu_bwd(y, dy, dx, n, scalar_from);
 }
 
-#define RELU_ENTRIES(SUFFIX, T)                                                             \
-  extern "C" __global__ void relu_forward##SUFFIX(const T* __restrict__ x, T* __restrict__ y, \
-                                                  long long n) {                            \
-    relu_fwd<T>(x, y, n);                                                                   \
-  }                                                                                         \
-  extern "C" __global__ void relu_backward##SUFFIX(                                         \
-      const T* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,        \
-      long long n) {                                                                        \
-    relu_bwd<T, float>(y, dy, dx, n);                                                       \
-  }                                                                                         \
-  extern "C" __global__ void relu_backward##SUFFIX##_to_bf16(                               \
-      const T* __restrict__ y, const float* __restrict__ dy, unsigned short* __restrict__ dx, \
-      long long n) {                                                                        \
-    relu_bwd<T, unsigned short>(y, dy, dx, n);                                              \
-  }                                                                                         \
-  extern "C" __global__ void relu_forward_v2##SUFFIX(const T* __restrict__ x,               \
+// V: "" (v1) or _v2.
+#define RELU_VERSION_ENTRIES(V, SUFFIX, T)                                                  \
+  extern "C" __global__ void relu_forward##V##SUFFIX(const T* __restrict__ x,               \
                                                      T* __restrict__ y, long long n) {      \
-    relu_fwd_v2<T>(x, y, n);                                                                \
+    relu_fwd##V<T>(x, y, n);                                                                \
   }                                                                                         \
-  extern "C" __global__ void relu_backward_v2##SUFFIX(                                      \
+  extern "C" __global__ void relu_backward##V##SUFFIX(                                      \
       const T* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,        \
       long long n) {                                                                        \
-    relu_bwd_v2<T, float>(y, dy, dx, n);                                                    \
+    relu_bwd##V<T, float>(y, dy, dx, n);                                                    \
   }                                                                                         \
-  extern "C" __global__ void relu_backward_v2##SUFFIX##_to_bf16(                            \
+  extern "C" __global__ void relu_backward##V##SUFFIX##_to_bf16(                            \
       const T* __restrict__ y, const float* __restrict__ dy, unsigned short* __restrict__ dx, \
       long long n) {                                                                        \
-    relu_bwd_v2<T, unsigned short>(y, dy, dx, n);                                           \
+    relu_bwd##V<T, unsigned short>(y, dy, dx, n);                                           \
   }
+#define RELU_ENTRIES(SUFFIX, T) \
+  RELU_VERSION_ENTRIES(, SUFFIX, T) RELU_VERSION_ENTRIES(_v2, SUFFIX, T)
 PA_STORAGE_TYPES(RELU_ENTRIES)
 #undef RELU_ENTRIES
+#undef RELU_VERSION_ENTRIES
+#undef RELU_FROM
