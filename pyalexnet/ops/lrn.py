@@ -125,8 +125,9 @@ def _version(version, shape, size):
     if version is not None and version not in VERSIONS:
         raise ValueError(f"LRN version must be one of {VERSIONS}, got {version!r}")
     if version == 2 and ring not in COMPILED_RINGS:
-        raise ValueError(f"LRN v2 is compiled for windows of {' or '.join(map(str, COMPILED_RINGS))} "
-                         f"channels, not {ring}; use version=1")
+        sizes = " or ".join(map(str, COMPILED_RINGS))
+        raise ValueError(f"LRN v2 is compiled for windows of {sizes} channels, not {ring}; "
+                         "use version=1")
     if version is None:
         version = 2 if ring in COMPILED_RINGS else 1
     return version, ring
