@@ -11,7 +11,6 @@ __device__ __forceinline__ void sgd_step(float& w, float g, float& v, float lr, 
   w = w + v;
 }
 
-
 // When w, grad and v are all 16-byte aligned, the first n/4*4 elements go as float4 and the
 // n%4 tail as scalars; otherwise (views at odd offsets) everything goes scalar.
 extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __restrict__ grad,

@@ -133,8 +133,8 @@ def _version(version, shape, size):
     return version, ring
 
 
-def _launch(be, name, suffix, shape, size, rings, version, arrays, floats):
-    version, ring = _version(version, shape, size)
+def _launch(be, name, suffix, shape, size, rings, version, ring, arrays, floats):
+    """Launch ``version`` (resolved by _version, with its ring length)."""
     grid, block, shared, args = _geometry(shape, size, rings)
     if version == 2:  # no ring in shared memory
         name, shared = f"{name}_v2_r{ring}", 0
@@ -147,14 +147,14 @@ def lrn_forward(be, x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_n=False,
     version: 1 or 2 (kernel backends; see module doc)."""
     _check_params(size, alpha, beta, k)
     _check_4d("x", x)
-    _version(version, x.shape, size)
+    version, ring = _version(version, x.shape, size)
     if not be.runs_kernels:
         return lrn_forward_reference(x, size, alpha, beta, k, alpha_over_n)
     suffix = storage_suffix("LRN", x)
     y, scale = be.empty(x.shape, dtype=x.dtype), be.empty(x.shape)
     if x.size == 0:
         return y, scale
-    _launch(be, "lrn_forward", suffix, x.shape, size, 1, version, [x, y, scale],
+    _launch(be, "lrn_forward", suffix, x.shape, size, 1, version, ring, [x, y, scale],
             [f32(k), f32(_a(alpha, size, alpha_over_n)), f32(beta)])
     return y, scale
 
@@ -167,7 +167,7 @@ def lrn_backward(be, x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
     _check_4d("x", x)
     for what, arr in (("y", y), ("scale", scale), ("dy", dy)):
         _check_4d(what, arr, x.shape)
-    _version(version, x.shape, size)
+    version, ring = _version(version, x.shape, size)
     if not be.runs_kernels:
         return lrn_backward_reference(x, y, scale, dy, size, alpha, beta, k, alpha_over_n)
     suffix = storage_suffix("LRN", x, y=y)
@@ -177,6 +177,6 @@ def lrn_backward(be, x, y, scale, dy, size=5, alpha=1e-4, beta=0.75, k=2.0,
     if x.size == 0:
         return dx
     a = _a(alpha, size, alpha_over_n)
-    _launch(be, "lrn_backward", suffix, x.shape, size, 2, version, [x, y, scale, dy, dx],
-            [f32(2 * a * beta), f32(beta)])
+    _launch(be, "lrn_backward", suffix, x.shape, size, 2, version, ring,
+            [x, y, scale, dy, dx], [f32(2 * a * beta), f32(beta)])
     return dx
