@@ -170,6 +170,21 @@ def test_a_warp_issues_a_block_as_often_as_its_busiest_lane():
     assert thread < 0.2 * 32 * warp  # SIMT efficiency near 1/32 once the loop dominates
 
 
+def test_a_load_skipped_by_some_lanes_on_each_trip_is_one_request_a_trip():
+    """Counting the k-th execution of the load in each lane would pair lane 0's trip 2k with
+    lane 1's trip 2k + 1: half the requests, each over two trips' sectors."""
+    trips = 12
+    x = np.arange(32 * trips, dtype=np.float32)
+    y = np.zeros_like(x)
+    p = profiled("prof_masked_trips", 1, 32, [x, y, np.int32(x.size)])
+    take = (np.arange(x.size) % 32 + np.arange(x.size) // 32) % 2 == 0
+    np.testing.assert_array_equal(y, np.where(take, x, -1))
+    assert p["global_load_requests"] == trips
+    assert p["global_load_sectors"] == 4 * trips
+    assert p["global_load_bytes"] == 16 * 4 * trips
+    assert p["arrays"][0]["requested_load_sectors"] == 4 * trips
+
+
 def _mma(n, fmt, warps=3):
     x = np.full(32, 0.5, np.float32)  # every product 1/4: d[0] = n * K / 4
     y = np.zeros(32 * warps, np.float32)

@@ -149,15 +149,20 @@ struct Group {
 
 struct Key {
   uintptr_t pc;
-  uint32_t occurrence, warp;
+  uint32_t trip, occurrence, warp;
   bool operator==(const Key& o) const {
-    return pc == o.pc && occurrence == o.occurrence && warp == o.warp;
+    return pc == o.pc && trip == o.trip && occurrence == o.occurrence && warp == o.warp;
   }
 };
 struct KeyHash {
   size_t operator()(const Key& k) const {
-    return std::hash<uint64_t>()(k.pc * 0x9E3779B97F4A7C15ull ^ ((uint64_t)k.occurrence << 20) ^ k.warp);
+    return std::hash<uint64_t>()(k.pc * 0x9E3779B97F4A7C15ull ^ ((uint64_t)k.trip << 40) ^
+                                 ((uint64_t)k.occurrence << 20) ^ k.warp);
   }
+};
+// A site's executions by one thread within one trip: the trip they were counted in.
+struct Occurrences {
+  uint32_t trip = 0, count = 0;
 };
 
 struct Worker {
@@ -165,7 +170,11 @@ struct Worker {
   int mute = 0;  // inside an atomic's emulation
   uintptr_t tls_lo = 0, tls_hi = 0, skip_lo = 0, skip_hi = 0;
   int nthreads = 0;
-  std::unordered_map<uint64_t, uint32_t> occurrences;  // (thread << 48 | site) -> count
+  std::unordered_map<uint64_t, Occurrences> occurrences;  // key: thread << 48 | site
+  // per thread (linear index): its loop trips so far (jumps back to a basic block at or
+  // before the one it left) and the basic block it entered last
+  std::vector<uint32_t> trips;
+  std::vector<uintptr_t> last_block;
   std::unordered_map<Key, Group, KeyHash> pending;
   std::unordered_map<uintptr_t, uint64_t> block_runs;
   std::unordered_map<uintptr_t, uint64_t> warp_runs;
@@ -279,9 +288,12 @@ inline void access(const void* p, int size, int kind, void* site) {
     a -= bs[i].lo;  // sectors count from the array's start: cudaMalloc aligns it to 256
   }
   uint64_t okey = ((uint64_t)t->linear << 48) | ((uintptr_t)site & 0xffffffffffffull);
-  uint32_t occ = w.occurrences[okey]++;
+  uint32_t trip = w.trips.empty() ? 0 : w.trips[t->linear];
+  Occurrences& o = w.occurrences[okey];
+  if (o.trip != trip) o = Occurrences{trip, 0};
   int warp = t->linear >> 5, lane = t->linear & 31;
-  Group& g = w.pending[Key{(uintptr_t)site, occ, (uint32_t)warp}];
+  Key key{(uintptr_t)site, trip, o.count++, (uint32_t)warp};
+  Group& g = w.pending[key];
   if (g.n == 0) {
     g.space = space;
     g.kind = (uint8_t)kind;
@@ -292,7 +304,7 @@ inline void access(const void* p, int size, int kind, void* site) {
   g.n++;
   if (g.n == lanes_in_warp(warp)) {
     finish(g);
-    w.pending.erase(Key{(uintptr_t)site, occ, (uint32_t)warp});
+    w.pending.erase(key);
   }
 }
 
@@ -348,6 +360,8 @@ void worker_begin() {
 void block_begin(int nthreads) {
   W.nthreads = nthreads;
   W.occurrences.clear();
+  W.trips.assign(nthreads, 0);
+  W.last_block.assign(nthreads, 0);
   W.pending.clear();
   W.lane_runs.clear();  // a block that faulted never reached block_end
   W.mute = 0;           // nor left the scope it faulted in
@@ -446,7 +460,11 @@ CUEMU_COV(16, __int128)
 extern "C" void __sanitizer_cov_trace_pc() {
   cuemu::prof::Worker& w = cuemu::prof::W;
   if (!w.on || w.mute || !cuemu::tls_cur.thread) return;
-  std::vector<uint32_t>& n = w.lane_runs[(uintptr_t)__builtin_return_address(0)];
+  uintptr_t pc = (uintptr_t)__builtin_return_address(0);
+  int t = cuemu::tls_cur.thread->linear;
+  std::vector<uint32_t>& n = w.lane_runs[pc];
   if (n.empty()) n.assign(w.nthreads, 0);
-  n[cuemu::tls_cur.thread->linear]++;
+  n[t]++;
+  w.trips[t] += pc <= w.last_block[t];
+  w.last_block[t] = pc;
 }

@@ -8,11 +8,13 @@
 //   shared  - inside this OS thread's TLS block (`__shared__` is `thread_local`);
 //   global  - inside an array argument of the launch;
 //   other   - fiber stacks (locals, register tiles), the runtime's own data: ignored.
-// A warp instruction is the set of accesses of one warp's lanes with the same site and the
-// same occurrence count of that site in each lane (the k-th time each lane executed it).
-// This holds when lanes of a warp execute a site equally often, i.e. when the kernel's
-// divergence is per whole site; diverged lanes form their own (partial) instructions, as
-// the GPU replays a diverged instruction per path.
+// A warp instruction is the set of accesses of one warp's lanes with the same site, in the
+// same loop trip and with the same occurrence count of that site within the trip (the k-th
+// time each lane executed it there). A lane's trips are the jumps back it made so far (to
+// a basic block at or before the one it left), so a load that some lanes skip on some
+// trips of a loop still groups by trip, as the warp runs a trip for all its lanes at once.
+// Lanes whose loops ran different trip counts before a site fall apart: diverged lanes form
+// their own (partial) instructions, as the GPU replays a diverged instruction per path.
 #pragma once
 #include <cstddef>
 #include <cstdint>

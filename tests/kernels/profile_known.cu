@@ -53,6 +53,17 @@ extern "C" __global__ void prof_divergent_loop(const float* x, float* y, int n, 
   y[blockIdx.x * blockDim.x + threadIdx.x] = acc;
 }
 
+// A grid-stride loop over n = 32 * trips floats with one warp: on trip t lane l copies
+// x[32t + l] when (l + t) is even, else writes -1. The load is skipped by half the lanes on
+// every trip, a different half each time; the GPU issues it once a trip, for the lanes
+// taking it, so each request touches the 4 sectors of that trip's 128 bytes.
+extern "C" __global__ void prof_masked_trips(const float* x, float* y, int n) {
+  for (int i = threadIdx.x; i < n; i += 32) {
+    if (((i & 31) + i / 32) % 2 == 0) y[i] = x[i];
+    else y[i] = -1.0f;
+  }
+}
+
 // n tensor-core mma per warp on operands held in registers (tf32 m16n8k8 when bf16 is 0,
 // else bf16 m16n8k16): each is one mma instruction of 2*16*8*K FLOPs, no shared memory.
 extern "C" __global__ void prof_mma_chain(const float* x, float* y, int n, int bf16) {
