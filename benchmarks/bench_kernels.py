@@ -184,6 +184,18 @@ class Builder:
         """Our kernel's input: float32 (fp32, tf32) or a bf16 copy made before timing."""
         return self.be.asarray(to_bf16(self.be.to_numpy(a)), np.uint16) if precision == "bf16" else a
 
+    def produced(self, kernel, reference, precision):
+        """An input that an earlier pass makes (the y a backward pass reads): ``kernel()``'s
+        output, except on a backend that runs only a sample of each grid's blocks
+        (--emulated), where most of that output is never written and data-dependent kernels
+        would profile the wrong branches: there ``reference()``'s float64 arrays, stored as
+        the kernel stores them (bf16 maps at bf16, anything else fp32)."""
+        if not getattr(self.be, "profile_blocks", 0):
+            return kernel()
+        out = [self.be.asarray(np.asarray(a, dtype=np.float32)) for a in reference()]
+        out[0] = self.as_precision(out[0], precision)
+        return out
+
     def torch_views(self, precision):
         """T for PyTorch at `precision`: float32 views, or bfloat16 copies made once."""
         if self.torch is None or precision != "bf16":
@@ -438,7 +450,8 @@ class Builder:
         c = self.ch(c)
         x32, dy = self.arr(self.batch, c, h, h, std=30.0), self.arr(self.batch, c, h, h)
         x, X, tag, sb, check = self.storage(x32, precision)
-        y, scale = lrn.lrn_forward(be, x, **args)
+        y, scale = self.produced(lambda: lrn.lrn_forward(be, x, **args),
+                                 lambda: lrn.lrn_forward_reference(X, **args), precision)
         DY = self.host64(dy)
         fwd, bwd = self.autograd_pair(
             lambda a: self.torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0), x32,
@@ -467,7 +480,8 @@ class Builder:
         be = self.be
         x32 = self.arr(self.batch, self.ch(c), h, h)
         x, X, tag, sb, check = self.storage(x32, precision)
-        y = pool.maxpool_forward(be, x, 3, 2)
+        y, = self.produced(lambda: [pool.maxpool_forward(be, x, 3, 2)],
+                           lambda: [pool.maxpool_forward_reference(X, 3, 2)], precision)
         dy = self.arr(*y.shape)
         DY = self.host64(dy)
         fwd, bwd = self.autograd_pair(lambda a: self.torch.nn.functional.max_pool2d(a, 3, 2), x32,
@@ -497,7 +511,8 @@ class Builder:
         x32 = self.arr(self.batch, self.ch(96), 55, 55)
         x, X, tag, sb, check = self.storage(x32, precision)
         dy = self.arr(*x.shape)
-        y = relu.relu_forward(be, x)
+        y, = self.produced(lambda: [relu.relu_forward(be, x)],
+                           lambda: [relu.relu_forward_reference(X)], precision)
         DY = self.host64(dy)
         fwd, bwd = self.autograd_pair(lambda a: self.torch.relu(a), x32, dy,
                                       self.torch_views(precision))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +190,35 @@ def test_emulated_benchmark_runs_and_compares(tmp_path):
     assert tc["tensor_flops_tf32"] >= 2 * 2 * 4096 * 1000 and tc["flops"] < 0.01 * fc8["flops"]
     assert 0 < tc["tensor_share_of_peak"] < 1
     assert fc8["measured_ms"] is None and "not compared" in p.stdout  # measured at batch 128
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sampled_runs_read_whole_inputs_from_the_references(precision):
+    """Where the forward would run a sample of its blocks only (most of its output never
+    written), a backward case's y is the reference's, stored as the kernel stores it. ReLU's
+    backward v1 then reads dy where y > 0, half the elements at random: nearly every sector."""
+    if emu_model_unavailable():
+        pytest.skip("no profiling build (pyalexnet._emu_profile needs clang++)")
+    from bench_kernels import Builder
+    from pyalexnet.backends import EmuBackend
+    from pyalexnet.ops import relu
+    from pyalexnet.ops.precision import to_bf16, widened
+    be = EmuBackend(threads=2, profile=True, profile_blocks=3)
+    b = Builder(be, None, 8, 1, np.random.default_rng(0))
+    x, X, *_ = b.storage(b.arr(8, 96, 55, 55), precision)
+    (y,) = b.produced(lambda: [relu.relu_forward(be, x)], lambda: [relu.relu_forward_reference(X)],
+                      precision)
+    assert not be.profiles  # no sampled launch made it
+    want = np.maximum(widened(x), 0).astype(np.float32)
+    np.testing.assert_array_equal(y, to_bf16(want) if precision == "bf16" else want)
+    case = next(c for c in b.relu(precision) if c.name.startswith("relu1 backward v1"))
+    be.profiles.clear()
+    case.ours()
+    (profile,) = be.profiles
+    assert profile["blocks_run"] < profile["blocks_total"]
+    y_read, dy_read = profile["arrays"][:2]
+    assert dy_read["unique_load_sectors"] >= 0.95 * y_read["unique_load_sectors"] * (
+        2 if precision == "bf16" else 1) > 0
 
 
 def emu_model_unavailable():
