@@ -24,9 +24,11 @@ from .bias import bias_backward
 from .conv_mma import _mma_backward_data, _mma_backward_filter, _mma_forward
 from .conv_plan import (  # noqa: F401  (the planners are part of the op's interface)
     ALGOS, CHUNK, FILTER_V2_BLOCKS_PER_SM, FILTER_VERSIONS, GEMM_V2_TILE, GEMM_VERSIONS,
-    HBM_BYTES_PER_US, LAUNCH_US, MIN_SPLIT, SM_FMA_PER_US, TARGET_SMS, TILE_SPEED, TILES, _as_int, _check_dy, _filter_plan,
-    _check_kernel_args, _gemm_v2, auto_gemm_v2, _dims, _geometry, _grid, _resolve_algo, _tile, conv2d_backward_filter_workspace_size, conv2d_output_shape,
-    conv2d_workspace_size, filter_v2_cost_us, filter_v2_plan, pick_algo, pick_splits, pick_tile)
+    HBM_BYTES_PER_US, LAUNCH_US, MIN_SPLIT, SM_FMA_PER_US, TARGET_SMS, TILES, TILE_SPEED,
+    _as_int, auto_gemm_v2, _check_dy, _check_kernel_args, conv2d_backward_filter_workspace_size,
+    conv2d_output_shape, conv2d_workspace_size, _dims, _filter_plan, filter_v2_cost_us,
+    filter_v2_plan, _gemm_v2, _geometry, _grid, pick_algo, pick_splits, pick_tile,
+    _resolve_algo, _tile)
 from .precision import BF16, check_precision, fp32_operand, operand, to_bf16
 
 KERNELS = "conv.cu"
