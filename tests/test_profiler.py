@@ -185,6 +185,35 @@ def test_a_load_skipped_by_some_lanes_on_each_trip_is_one_request_a_trip():
     assert p["arrays"][0]["requested_load_sectors"] == 4 * trips
 
 
+def test_lanes_whose_inner_loops_ran_different_trips_meet_on_the_outer_trip():
+    trips = 10
+    x = np.arange(64 * trips, dtype=np.float32)
+    y = np.zeros(32, np.float32)
+    lane = np.arange(32)
+    inner = (1 + lane % 2).astype(np.int32)
+    p = profiled("prof_uneven_inner_trips", 1, 32, [x, inner, y, np.int32(trips)])
+    want = sum(x[64 * t + lane] + np.where(lane % 2, x[64 * t + 32 + lane], 0) for t in range(trips))
+    np.testing.assert_array_equal(y, want)
+    x_loads = p["global_load_requests"] - 1  # and one request for inner
+    assert (x_loads, p["global_load_sectors"] - 4) == (2 * trips, 8 * trips)
+
+
+def test_loop_heads_of_nested_loops_from_machine_code():
+    """An outer loop (head H at 0x20, latch L) around an inner one-block loop B: blocks are
+    named by the return address of their coverage call, as the profiler sees them."""
+    from emu_builds import emu_build
+    cov = "<__sanitizer_cov_trace_pc>"
+    code = [(None, "", ""),
+            (0x00, "call", "40 " + cov), (0x05, "jmp", "20 <f+0x20>"),       # entry
+            (0x10, "call", "40 " + cov), (0x15, "jne", "10 <f+0x10>"),       # B: inner loop
+            (0x17, "call", "40 " + cov), (0x1c, "jmp", "20 <f+0x20>"),       # L: outer latch
+            (0x20, "call", "40 " + cov), (0x25, "jl", "10 <f+0x10>"),        # H: outer head
+            (0x27, "call", "40 " + cov), (0x2c, "ret", "")]                  # exit
+    targets = {0x10, 0x20}
+    assert emu_build.loop_heads(code, targets) == {0x15: (0x15, 0x25), 0x1c: (0x25, 0),
+                                                   0x25: (0x25, 0)}
+
+
 def _mma(n, fmt, warps=3):
     x = np.full(32, 0.5, np.float32)  # every product 1/4: d[0] = n * K / 4
     y = np.zeros(32 * warps, np.float32)

@@ -220,12 +220,13 @@ _INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
 
 def write_flop_table(so):
     """``<so>.flops``: for each basic block of the kernel code (named by the return address
-    of its coverage call), the FP32 operations and the instructions of its machine code.
-    The code is cut into straight runs at jumps, returns and jump targets; a run's
-    instructions before its first coverage call belong to that call (the scheduler may
-    hoist them above it), the rest to the call before them. The instrumentation itself (the
-    coverage calls and the address argument a load/store callback is given) and nops are
-    not instructions of the kernel. Needs objdump (binutils)."""
+    of its coverage call), the FP32 operations and the instructions of its machine code,
+    and the loop it is in (see loop_heads). The code is cut into straight runs at jumps,
+    returns and jump targets; a run's instructions before its first coverage call belong to
+    that call (the scheduler may hoist them above it), the rest to the call before them.
+    The instrumentation itself (the coverage calls and the address argument a load/store
+    callback is given) and nops are not instructions of the kernel. Needs objdump
+    (binutils)."""
     p = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(so)], capture_output=True,
                        text=True)
     if p.returncode != 0:
@@ -237,8 +238,7 @@ def write_flop_table(so):
             insns.append((int(m.group(1), 16), m.group(2), m.group(3)))
         elif line.endswith(">:"):
             insns.append((None, "", ""))
-    targets = {int(m.group(1), 16) for _, op, rest in insns if op.startswith("j")
-               for m in [re.match(r"([0-9a-f]+) <", rest)] if m}
+    targets = {t for _, op, rest in insns for t in [_jump_target(op, rest)] if t is not None}
     table, pending, block = {}, [0, 0], None  # [flops, instructions]
     last = None  # where the previous instruction was counted, if it set up %rdi
     for i, (addr, op, rest) in enumerate(insns):
@@ -265,8 +265,123 @@ def write_flop_table(so):
         last = counted if op.startswith(("mov", "lea")) and rest.endswith("%rdi") else None
         if op.startswith(("j", "ret", "ud2")):
             pending, block = [0, 0], None
-    rows = [f"{a:x} {f} {n}" for a, (f, n) in sorted(table.items()) if f or n]
+    loops = loop_heads(insns, targets)
+    rows = [f"{a:x} {f} {n} {loops.get(a, (0, 0))[0]:x} {loops.get(a, (0, 0))[1]:x}"
+            for a, (f, n) in sorted(table.items()) if f or n or a in loops]
     Path(str(so) + ".flops").write_text("\n".join(rows) + "\n")
+
+
+def _jump_target(op, rest):
+    """The address a direct jump goes to (None for anything else)."""
+    m = re.match(r"([0-9a-f]+) <", rest) if op.startswith("j") else None
+    return int(m.group(1), 16) if m else None
+
+
+def loop_heads(insns, targets):
+    """{coverage block: (head, outer)}: for every block inside a loop, the head of the
+    innermost natural loop around it, and for a loop's head block the head of the loop
+    around that one (0: none); blocks named as in write_flop_table. The profiler keys a warp
+    instruction by the lanes' trips of the loops around it (kernels/emu/profile.cpp), as a
+    GPU's warp runs each trip for all its lanes at once. Per function: the straight runs of
+    write_flop_table, their jumps and fall-throughs, dominators (Cooper, Harvey and Kennedy's
+    iteration), and a natural loop per jump to a run that dominates the run it leaves; a run
+    is named by its first coverage call (a run without one is in the graph, unnamed)."""
+    out = {}
+    func = []
+    for k, ins in enumerate(insns + [(None, "", "")]):
+        if ins[0] is None:
+            if func:
+                out.update(_function_loops(func, targets))
+            func = []
+        else:
+            func.append((ins, insns[k + 1][0] if k + 1 < len(insns) else None))
+    return out
+
+
+def _function_loops(func, targets):
+    """loop_heads for one function: ``func`` is [((address, mnemonic, operands), the next
+    instruction's address)]."""
+    runs = []  # [first address, coverage block or None, jump targets, falls through]
+    for (addr, op, rest), nxt in func:
+        if not runs or addr in targets or runs[-1][3] is not None:
+            if runs and runs[-1][3] is None:
+                runs[-1][3] = True  # cut by a jump target: falls into it
+            runs.append([addr, None, [], None])
+        run = runs[-1]
+        if op.startswith("call") and "<__sanitizer_cov_trace_pc" in rest and run[1] is None:
+            run[1] = nxt
+        t = _jump_target(op, rest)
+        if t is not None:
+            run[2].append(t)
+        if op.startswith(("j", "ret", "ud2")):
+            run[3] = op.startswith("j") and not op.startswith("jmp")  # conditional: falls through
+    index = {r[0]: k for k, r in enumerate(runs)}
+    succ = [[index[t] for t in r[2] if t in index] + ([k + 1] if r[3] and k + 1 < len(runs) else [])
+            for k, r in enumerate(runs)]
+    n = len(runs)
+    if not n:
+        return {}
+    order, seen, stack = [], {0}, [(0, iter(succ[0]))]
+    while stack:  # postorder from the entry
+        v, it = stack[-1]
+        w = next(it, None)
+        if w is None:
+            order.append(v)
+            stack.pop()
+        elif w not in seen:
+            seen.add(w)
+            stack.append((w, iter(succ[w])))
+    rpo = order[::-1]
+    pos = {v: k for k, v in enumerate(rpo)}
+    preds = {v: [] for v in rpo}
+    for v in rpo:
+        for w in succ[v]:
+            preds[w].append(v)
+    idom = {rpo[0]: rpo[0]}
+    changed = True
+    while changed:
+        changed = False
+        for v in rpo[1:]:
+            new = None
+            for p in preds[v]:
+                if p not in idom:
+                    continue
+                if new is None:
+                    new = p
+                    continue
+                a, b = p, new
+                while a != b:
+                    while pos[a] > pos[b]:
+                        a = idom[a]
+                    while pos[b] > pos[a]:
+                        b = idom[b]
+                new = a
+            if idom.get(v) != new:
+                idom[v], changed = new, True
+
+    def dominates(h, v):
+        while v != h and idom[v] != v:
+            v = idom[v]
+        return v == h
+    body = {}  # head run -> the runs of its loop
+    for u in rpo:
+        for h in succ[u]:
+            if dominates(h, u):
+                nodes, work = body.setdefault(h, {h}), [u]
+                while work:
+                    v = work.pop()
+                    if v not in nodes:
+                        nodes.add(v)
+                        work.extend(preds[v])
+    by_size = sorted(body, key=lambda h: len(body[h]))
+    inner = {}  # run -> head of the smallest loop holding it
+    for h in reversed(by_size):
+        for v in body[h]:
+            inner[v] = h
+    outer = {h: next((g for g in by_size if g != h and h in body[g]), None) for h in body}
+    name = lambda v: 0 if v is None else runs[v][1] or 0  # noqa: E731
+    return {runs[v][1]: (name(h), name(outer[h]) if v == h else 0)
+            for v, h in inner.items() if runs[v][1] is not None}
 
 
 def _fingerprint(files, variant):

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -113,11 +114,13 @@ struct LaunchState {
 };
 LaunchState g_launch;
 
-// FP32 operations and instructions of each basic block of the kernel code, written next to
-// this module by kernels/emu/build.py from its machine code ("<module file>.flops": offset,
-// flops, instructions per line).
+// FP32 operations and instructions of each basic block of the kernel code, and the loop it
+// is in, written next to this module by kernels/emu/build.py from its machine code
+// ("<module file>.flops": offset, flops, instructions, loop head, outer loop's head per
+// line; see build.py's loop_heads).
 struct BlockCost {
   uint32_t flops, instructions;
+  uintptr_t loop, outer;  // the innermost loop's head block (0: none); for a head, the next
 };
 struct FlopTable {
   bool loaded = false;
@@ -132,9 +135,10 @@ FlopTable& flop_table() {
     if (!dladdr((void*)&flop_table, &info) || !info.dli_fname) return;
     t.base = (uintptr_t)info.dli_fbase;
     std::ifstream in(std::string(info.dli_fname) + ".flops");
-    uintptr_t off;
+    uintptr_t off, loop, outer;
     uint32_t f, n;
-    while (in >> std::hex >> off >> std::dec >> f >> n) t.cost[off] = BlockCost{f, n};
+    while (in >> std::hex >> off >> std::dec >> f >> n >> std::hex >> loop >> outer)
+      t.cost[off] = BlockCost{f, n, loop, outer};
     t.loaded = (bool)in.eof();
   });
   return t;
@@ -149,7 +153,8 @@ struct Group {
 
 struct Key {
   uintptr_t pc;
-  uint32_t trip, occurrence, warp;
+  uint64_t trip;
+  uint32_t occurrence, warp;
   bool operator==(const Key& o) const {
     return pc == o.pc && trip == o.trip && occurrence == o.occurrence && warp == o.warp;
   }
@@ -162,7 +167,50 @@ struct KeyHash {
 };
 // A site's executions by one thread within one trip: the trip they were counted in.
 struct Occurrences {
-  uint32_t trip = 0, count = 0;
+  uint64_t trip = 0;
+  uint32_t count = 0;
+};
+
+// Where one thread is in its loops, as a warp's SIMT stack sees them: the trip of each loop
+// around the block it is in, outermost first. The loops are the machine code's natural
+// loops (FlopTable: each block's innermost loop head and each head's outer loop), so a
+// lane that skips blocks of a trip, or whose inner loops ran more trips than another's,
+// still agrees with the others on the trips of the loops around a site.
+struct LaneLoops {
+  std::vector<std::pair<uintptr_t, uint32_t>> trips;  // loop head -> trip (0: the first)
+  uint64_t key = 0;                                   // a hash of `trips`
+
+  void enter(uintptr_t block, const FlopTable& t) {
+    auto it = t.cost.find(block);
+    const uintptr_t loop = it == t.cost.end() ? 0 : it->second.loop;
+    if (!trips.empty() && trips.back().first == loop) {  // within the loop it was in
+      if (block == loop) {  // its next trip
+        ++trips.back().second;
+        rehash();
+      }
+      return;
+    }
+    if (trips.empty() && loop == 0) return;
+    // leave the loops that are not around this block, enter the one it is in
+    uintptr_t around[16];
+    int depth = 0;
+    for (uintptr_t h = loop; h && depth < 16; ++depth) {
+      around[depth] = h;
+      auto o = t.cost.find(h);
+      h = o == t.cost.end() ? 0 : o->second.outer;
+    }
+    while (!trips.empty() && std::find(around, around + depth, trips.back().first) == around + depth)
+      trips.pop_back();
+    if (loop && (trips.empty() || trips.back().first != loop)) trips.emplace_back(loop, 0);
+    else if (loop && block == loop) ++trips.back().second;
+    rehash();
+  }
+
+ private:
+  void rehash() {
+    key = 0;
+    for (const auto& l : trips) key = (key ^ l.first ^ ((uint64_t)l.second << 40)) * 0x100000001B3ull;
+  }
 };
 
 struct Worker {
@@ -171,10 +219,7 @@ struct Worker {
   uintptr_t tls_lo = 0, tls_hi = 0, skip_lo = 0, skip_hi = 0;
   int nthreads = 0;
   std::unordered_map<uint64_t, Occurrences> occurrences;  // key: thread << 48 | site
-  // per thread (linear index): its loop trips so far (jumps back to a basic block at or
-  // before the one it left) and the basic block it entered last
-  std::vector<uint32_t> trips;
-  std::vector<uintptr_t> last_block;
+  std::vector<LaneLoops> loops;  // per thread (linear index)
   std::unordered_map<Key, Group, KeyHash> pending;
   std::unordered_map<uintptr_t, uint64_t> block_runs;
   std::unordered_map<uintptr_t, uint64_t> warp_runs;
@@ -288,7 +333,7 @@ inline void access(const void* p, int size, int kind, void* site) {
     a -= bs[i].lo;  // sectors count from the array's start: cudaMalloc aligns it to 256
   }
   uint64_t okey = ((uint64_t)t->linear << 48) | ((uintptr_t)site & 0xffffffffffffull);
-  uint32_t trip = w.trips.empty() ? 0 : w.trips[t->linear];
+  uint64_t trip = w.loops.empty() ? 0 : w.loops[t->linear].key;
   Occurrences& o = w.occurrences[okey];
   if (o.trip != trip) o = Occurrences{trip, 0};
   int warp = t->linear >> 5, lane = t->linear & 31;
@@ -360,8 +405,7 @@ void worker_begin() {
 void block_begin(int nthreads) {
   W.nthreads = nthreads;
   W.occurrences.clear();
-  W.trips.assign(nthreads, 0);
-  W.last_block.assign(nthreads, 0);
+  W.loops.assign(nthreads, LaneLoops{});
   W.pending.clear();
   W.lane_runs.clear();  // a block that faulted never reached block_end
   W.mute = 0;           // nor left the scope it faulted in
@@ -465,6 +509,6 @@ extern "C" void __sanitizer_cov_trace_pc() {
   std::vector<uint32_t>& n = w.lane_runs[pc];
   if (n.empty()) n.assign(w.nthreads, 0);
   n[t]++;
-  w.trips[t] += pc <= w.last_block[t];
-  w.last_block[t] = pc;
+  const cuemu::prof::FlopTable& ft = cuemu::prof::flop_table();
+  if (ft.loaded) w.loops[t].enter(pc - ft.base, ft);
 }

@@ -8,13 +8,14 @@
 //   shared  - inside this OS thread's TLS block (`__shared__` is `thread_local`);
 //   global  - inside an array argument of the launch;
 //   other   - fiber stacks (locals, register tiles), the runtime's own data: ignored.
-// A warp instruction is the set of accesses of one warp's lanes with the same site, in the
-// same loop trip and with the same occurrence count of that site within the trip (the k-th
-// time each lane executed it there). A lane's trips are the jumps back it made so far (to
-// a basic block at or before the one it left), so a load that some lanes skip on some
-// trips of a loop still groups by trip, as the warp runs a trip for all its lanes at once.
-// Lanes whose loops ran different trip counts before a site fall apart: diverged lanes form
-// their own (partial) instructions, as the GPU replays a diverged instruction per path.
+// A warp instruction is the set of accesses of one warp's lanes with the same site, on
+// the same trips of the loops around it and with the same occurrence count of that site
+// within them (the k-th time each lane executed it there). The loops are the natural loops
+// of the build's machine code (kernels/emu/build.py, loop_heads), so a load that some lanes
+// skip on some trips still groups by trip, and lanes whose inner loops ran different trip
+// counts meet again on the outer loop's, as a warp runs each trip for all its lanes at
+// once. Lanes that diverge otherwise form their own (partial) instructions, as the GPU
+// replays a diverged instruction per path.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -64,6 +64,21 @@ extern "C" __global__ void prof_masked_trips(const float* x, float* y, int n) {
   }
 }
 
+// One warp, `trips` trips of an outer loop; inside, lane l runs inner[l] trips (1 + l % 2,
+// read from memory so that the compiler keeps a loop) of an inner loop, each reading
+// x[64 t + 32 i + l]. The warp runs inner trip 0 for all lanes and trip 1 for the odd ones:
+// two requests of 4 sectors per outer trip. Counting each lane's executions of the load
+// would pair an even lane's outer trip k with an odd lane's inner trip k % 2 of outer trip
+// k / 2; counting each lane's jumps back would leave the odd lanes ever further ahead.
+extern "C" __global__ void prof_uneven_inner_trips(const float* x, const int* inner, float* y,
+                                                   int trips) {
+  const int lane = threadIdx.x, n = inner[lane];
+  float s = 0.0f;
+  for (int t = 0; t < trips; ++t)
+    for (int i = 0; i < n; ++i) s += x[64 * t + 32 * i + lane];
+  y[lane] = s;
+}
+
 // n tensor-core mma per warp on operands held in registers (tf32 m16n8k8 when bf16 is 0,
 // else bf16 m16n8k16): each is one mma instruction of 2*16*8*K FLOPs, no shared memory.
 extern "C" __global__ void prof_mma_chain(const float* x, float* y, int n, int bf16) {
