@@ -120,7 +120,9 @@ LaunchState g_launch;
 // line; see build.py's loop_heads).
 struct BlockCost {
   uint32_t flops, instructions;
-  uintptr_t loop, outer;  // the innermost loop's head block (0: none); for a head, the next
+  // the head block of the innermost loop around this block (0: none); for a head, the head
+  // of the loop around its loop
+  uintptr_t loop, outer;
 };
 struct FlopTable {
   bool loaded = false;
@@ -151,6 +153,14 @@ struct Group {
   uint64_t addr[32];
 };
 
+// splitmix64's finalizer: every input bit moves every output bit (a hash table of keys
+// that differ in a few high bits would otherwise fill one bucket).
+inline uint64_t mix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
 struct Key {
   uintptr_t pc;
   uint64_t trip;
@@ -161,8 +171,7 @@ struct Key {
 };
 struct KeyHash {
   size_t operator()(const Key& k) const {
-    return std::hash<uint64_t>()(k.pc * 0x9E3779B97F4A7C15ull ^ ((uint64_t)k.trip << 40) ^
-                                 ((uint64_t)k.occurrence << 20) ^ k.warp);
+    return mix64(k.pc ^ mix64(k.trip ^ mix64((uint64_t)k.occurrence << 32 | k.warp)));
   }
 };
 // A site's executions by one thread within one trip: the trip they were counted in.
@@ -209,7 +218,7 @@ struct LaneLoops {
  private:
   void rehash() {
     key = 0;
-    for (const auto& l : trips) key = (key ^ l.first ^ ((uint64_t)l.second << 40)) * 0x100000001B3ull;
+    for (const auto& l : trips) key = mix64(mix64(key ^ l.first) ^ l.second);
   }
 };
 
