@@ -12,9 +12,11 @@ __device__ __forceinline__ bool pa_aligned(const void* p, unsigned bytes) {
 }
 
 // Grid-stride loop over [0, n): every elementwise kernel uses it, so any grid size works.
-#define PA_GRID_STRIDE(i, n)                                                   \
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+// PA_GRID_STRIDE_FROM starts at `from` (a vectorised pass's scalar tail).
+#define PA_GRID_STRIDE_FROM(i, from, n)                                                  \
+  for (long long i = (from) + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
        i += (long long)blockDim.x * gridDim.x)
+#define PA_GRID_STRIDE(i, n) PA_GRID_STRIDE_FROM(i, 0, n)
 
 // SplitMix64 (Steele, Lea & Flood 2014), as pyalexnet.rng.splitmix64.
 __device__ __forceinline__ unsigned long long pa_splitmix64(unsigned long long z) {

@@ -6,22 +6,18 @@
 // NaN passes through: a diverging run is noticed.
 __device__ __forceinline__ float relu1(float v) { return v < 0.0f ? 0.0f : v; }
 
-// The grid-stride loop over [from, n): v1's whole pass, and v2's unaligned or tail part.
-#define RELU_FROM(i, from, n)                                                                  \
-  for (long long i = (from) + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);      \
-       i += (long long)blockDim.x * gridDim.x)
-
+// [from, n): v1's whole pass, and v2's unaligned or tail part.
 template <class T>
 __device__ __forceinline__ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, long long n,
                                          long long from = 0) {
-  RELU_FROM(i, from, n) pa_store(y + i, relu1(pa_to_f32(x[i])));
+  PA_GRID_STRIDE_FROM(i, from, n) pa_store(y + i, relu1(pa_to_f32(x[i])));
 }
 
 // Takes the forward output y (ReLU can run in place, so x may be gone).
 template <class T, class TD>
 __device__ __forceinline__ void relu_bwd(const T* __restrict__ y, const float* __restrict__ dy,
                                          TD* __restrict__ dx, long long n, long long from = 0) {
-  RELU_FROM(i, from, n) pa_store(dx + i, pa_to_f32(y[i]) > 0.0f ? dy[i] : 0.0f);
+  PA_GRID_STRIDE_FROM(i, from, n) pa_store(dx + i, pa_to_f32(y[i]) > 0.0f ? dy[i] : 0.0f);
 }
 
 // v2: four consecutive elements a thread a step, each array read and written as one
@@ -82,4 +78,3 @@ __device__ __forceinline__ void relu_bwd_v2(const T* __restrict__ y, const float
 PA_STORAGE_TYPES(RELU_ENTRIES)
 #undef RELU_ENTRIES
 #undef RELU_VERSION_ENTRIES
-#undef RELU_FROM

@@ -34,8 +34,7 @@ extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __rest
     }
     scalar_from = n4 * 4;
   }
-  for (long long i = scalar_from + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (long long)blockDim.x * gridDim.x) {
+  PA_GRID_STRIDE_FROM(i, scalar_from, n) {
     float a = w[i], b = v[i];
     sgd_step(a, __ldg(grad + i), b, lr, momentum, decay);
     w[i] = a;
