@@ -239,33 +239,32 @@ def write_flop_table(so):
         elif line.endswith(">:"):
             insns.append((None, "", ""))
     targets = {t for _, op, rest in insns for t in [_jump_target(op, rest)] if t is not None}
-    table, pending, block = {}, [0, 0], None  # [flops, instructions]
+    table = {}  # block -> [flops, instructions]
     last = None  # where the previous instruction was counted, if it set up %rdi
-    for i, (addr, op, rest) in enumerate(insns):
-        if addr is None or addr in targets:
-            pending, block = [0, 0], None  # a new run
-        if addr is None:
-            continue
-        if op.startswith("call") and "<__sanitizer_cov_trace_pc" in rest:
-            block = insns[i + 1][0]
-            table[block] = pending
-            pending, last = [0, 0], None
-            continue
-        if op.startswith("call") and "<__sanitizer_cov_" in rest:
-            if last is not None:
-                last[1] -= 1  # the callback's argument, not a kernel instruction
-            last = None
-            continue
-        flops = 2 if op.startswith("call") and ("<fmaf@" in rest or "<fmaf>" in rest) \
-            else _FLOPS.get(op, 0)
-        counted = pending if block is None else table[block]
-        if not op.startswith("nop"):
-            counted[0] += flops
-            counted[1] += 1
-        last = counted if op.startswith(("mov", "lea")) and rest.endswith("%rdi") else None
-        if op.startswith(("j", "ret", "ud2")):
+    funcs = _runs(insns, targets)
+    for func in funcs:
+        for run in func:
             pending, block = [0, 0], None
-    loops = loop_heads(insns, targets)
+            for i in run:
+                _, op, rest = insns[i]
+                if _is_coverage_call(op, rest):
+                    block = insns[i + 1][0]
+                    table[block] = pending
+                    pending, last = [0, 0], None
+                    continue
+                if op.startswith("call") and "<__sanitizer_cov_" in rest:
+                    if last is not None:
+                        last[1] -= 1  # the callback's argument, not a kernel instruction
+                    last = None
+                    continue
+                flops = 2 if op.startswith("call") and ("<fmaf@" in rest or "<fmaf>" in rest) \
+                    else _FLOPS.get(op, 0)
+                counted = pending if block is None else table[block]
+                if not op.startswith("nop"):
+                    counted[0] += flops
+                    counted[1] += 1
+                last = counted if op.startswith(("mov", "lea")) and rest.endswith("%rdi") else None
+    loops = loop_heads(insns, funcs)
     rows = [f"{a:x} {f} {n} {loops.get(a, (0, 0))[0]:x} {loops.get(a, (0, 0))[1]:x}"
             for a, (f, n) in sorted(table.items()) if f or n or a in loops]
     Path(str(so) + ".flops").write_text("\n".join(rows) + "\n")
@@ -277,50 +276,57 @@ def _jump_target(op, rest):
     return int(m.group(1), 16) if m else None
 
 
-def loop_heads(insns, targets):
-    """{coverage block: (head, outer)}: for every block inside a loop, the head of the
-    innermost natural loop around it, and for a loop's head block the head of the loop
-    around that one (0: none); blocks named as in write_flop_table. The profiler keys a warp
-    instruction by the lanes' trips of the loops around it (kernels/emu/profile.cpp), as a
-    GPU's warp runs each trip for all its lanes at once. Per function: the straight runs of
-    write_flop_table, their jumps and fall-throughs, dominators (Cooper, Harvey and Kennedy's
-    iteration), and a natural loop per jump to a run that dominates the run it leaves; a run
-    is named by its first coverage call (a run without one is in the graph, unnamed)."""
+def _runs(insns, targets):
+    """The code cut into straight runs at jumps, returns and jump targets: per function (a
+    None address starts one), its runs, each the indices of its instructions in insns."""
+    funcs, run = [], None
+    for i, (addr, op, _) in enumerate(insns):
+        if addr is None:
+            funcs.append([])
+            run = None
+            continue
+        if run is None or addr in targets:
+            run = []
+            funcs[-1].append(run)
+        run.append(i)
+        if op.startswith(("j", "ret", "ud2")):
+            run = None
+    return funcs
+
+
+def _is_coverage_call(op, rest):
+    return op.startswith("call") and "<__sanitizer_cov_trace_pc" in rest
+
+
+def loop_heads(insns, funcs):
+    """{coverage block: (head, outer)}: for every block inside a loop, the head of the innermost
+    natural loop around it, and for a loop's head block the head of the loop around that one
+    (0: none); blocks named as in write_flop_table. The profiler keys a warp instruction by
+    the lanes' trips of the loops around it (kernels/emu/profile.cpp), as a GPU's warp runs
+    each trip for all its lanes at once. Per function: its straight runs (``funcs``, from
+    _runs), their jumps and fall-throughs, dominators (Cooper, Harvey and Kennedy's
+    iteration), and a natural loop per jump to a run that dominates the run it leaves. Every
+    block of a run is in the run's loops; the run's first block is its name (a run without
+    one is in the graph, unnamed)."""
     out = {}
-    func = []
-    for k, ins in enumerate(insns + [(None, "", "")]):
-        if ins[0] is None:
-            if func:
-                out.update(_function_loops(func, targets))
-            func = []
-        else:
-            func.append((ins, insns[k + 1][0] if k + 1 < len(insns) else None))
+    for func in funcs:
+        out.update(_function_loops(insns, func))
     return out
 
 
-def _function_loops(func, targets):
-    """loop_heads for one function: ``func`` is [((address, mnemonic, operands), the next
-    instruction's address)]."""
-    runs = []  # [first address, coverage block or None, jump targets, falls through]
-    for (addr, op, rest), nxt in func:
-        if not runs or addr in targets or runs[-1][3] is not None:
-            if runs and runs[-1][3] is None:
-                runs[-1][3] = True  # cut by a jump target: falls into it
-            runs.append([addr, None, [], None])
-        run = runs[-1]
-        if op.startswith("call") and "<__sanitizer_cov_trace_pc" in rest and run[1] is None:
-            run[1] = nxt
-        t = _jump_target(op, rest)
-        if t is not None:
-            run[2].append(t)
-        if op.startswith(("j", "ret", "ud2")):
-            run[3] = op.startswith("j") and not op.startswith("jmp")  # conditional: falls through
-    index = {r[0]: k for k, r in enumerate(runs)}
-    succ = [[index[t] for t in r[2] if t in index] + ([k + 1] if r[3] and k + 1 < len(runs) else [])
-            for k, r in enumerate(runs)]
-    n = len(runs)
+def _function_loops(insns, func):
+    """loop_heads for one function's runs (``func``, from _runs)."""
+    n = len(func)
     if not n:
         return {}
+    index = {insns[run[0]][0]: k for k, run in enumerate(func)}
+    blocks, succ = [], []
+    for k, run in enumerate(func):
+        blocks.append([insns[i + 1][0] for i in run if _is_coverage_call(*insns[i][1:])])
+        _, op, rest = insns[run[-1]]
+        t = _jump_target(op, rest)
+        falls = not op.startswith(("jmp", "ret", "ud2"))  # a conditional jump, or a run cut
+        succ.append(([index[t]] if t in index else []) + ([k + 1] if falls and k + 1 < n else []))
     order, seen, stack = [], {0}, [(0, iter(succ[0]))]
     while stack:  # postorder from the entry
         v, it = stack[-1]
@@ -379,9 +385,9 @@ def _function_loops(func, targets):
         for v in body[h]:
             inner[v] = h
     outer = {h: next((g for g in by_size if g != h and h in body[g]), None) for h in body}
-    name = lambda v: 0 if v is None else runs[v][1] or 0  # noqa: E731
-    return {runs[v][1]: (name(h), name(outer[h]) if v == h else 0)
-            for v, h in inner.items() if runs[v][1] is not None}
+    name = lambda v: blocks[v][0] if v is not None and blocks[v] else 0  # noqa: E731
+    return {b: (name(h), name(outer[h]) if v == h and k == 0 else 0)
+            for v, h in inner.items() for k, b in enumerate(blocks[v])}
 
 
 def _fingerprint(files, variant):
