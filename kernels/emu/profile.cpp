@@ -237,6 +237,7 @@ struct Worker {
   Counters c;
   std::vector<PerArray> arrays;
   ReuseStack reuse;  // the current block's
+  const FlopTable* loop_table = nullptr;  // for LaneLoops (null: no table, no trips)
 };
 thread_local Worker W;
 
@@ -409,6 +410,8 @@ void worker_begin() {
   dl_iterate_phdr(find_tls, &W);
   W.skip_lo = (uintptr_t)&tls_cur;
   W.skip_hi = W.skip_lo + sizeof(tls_cur);
+  const FlopTable& ft = flop_table();
+  W.loop_table = ft.loaded ? &ft : nullptr;
 }
 
 void block_begin(int nthreads) {
@@ -518,6 +521,5 @@ extern "C" void __sanitizer_cov_trace_pc() {
   std::vector<uint32_t>& n = w.lane_runs[pc];
   if (n.empty()) n.assign(w.nthreads, 0);
   n[t]++;
-  const cuemu::prof::FlopTable& ft = cuemu::prof::flop_table();
-  if (ft.loaded) w.loops[t].enter(pc - ft.base, ft);
+  if (w.loop_table) w.loops[t].enter(pc - w.loop_table->base, *w.loop_table);
 }
