@@ -861,7 +861,8 @@ def run_emulated(args):
     rho = emu_model.spearman([r["model_ms"] for r in both], [r["measured_ms"] for r in both]) if len(both) > 2 else None
     within2 = [r for r in both if 0.5 <= r["ratio"] <= 2]
     if both:
-        print(f"rank correlation (Spearman) of modeled vs measured over {len(both)} rows: {rho:.2f}; "
+        rank = f"{rho:.2f}" if rho is not None else "none (it needs 3 rows)"
+        print(f"rank correlation (Spearman) of modeled vs measured over {len(both)} rows: {rank}; "
               f"within 2x: {len(within2)}/{len(both)}")
         mem = [r for r in both if r["memory_bound_op"]]
         if mem:

@@ -192,6 +192,22 @@ def test_emulated_benchmark_runs_and_compares(tmp_path):
     assert fc8["measured_ms"] is None and "not compared" in p.stdout  # measured at batch 128
 
 
+def test_emulated_benchmark_compares_two_measured_rows(tmp_path):
+    """Rank correlation needs 3 rows; with 2 the comparison still prints, without it."""
+    if emu_model_unavailable():
+        pytest.skip("no profiling build (pyalexnet._emu_profile needs clang++)")
+    measured = tmp_path / "measured.json"
+    measured.write_text(json.dumps({"batch": 2, "results": [
+        {"name": "relu1 forward v1", "ours_ms": 0.01}, {"name": "relu1 backward v1", "ours_ms": 0.01}]}))
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--emulated",
+                        "--batch", "2", "--blocks", "2", "--threads", "2", "--only", "relu1",
+                        "--measured", str(measured), "--out", str(tmp_path / "em.json")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "over 2 rows: none (it needs 3 rows)" in p.stdout
+    assert json.loads((tmp_path / "em.json").read_text())["rows_compared"] == 2
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_sampled_runs_read_whole_inputs_from_the_references(precision):
     """Where the forward would run a sample of its blocks only (most of its output never
