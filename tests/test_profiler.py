@@ -270,6 +270,20 @@ def test_reuse_distances_of_repeated_passes():
     assert reuse[7] == 2 * 2 * 128 and sum(reuse) == reuse[7]
 
 
+
+def test_partial_instruction_is_counted_at_the_barrier_after_it():
+    """Lanes that skipped a load leave a partial warp instruction; it ends at the next
+    barrier, in its place in the block's order of loads (it was counted at the block's end,
+    after the loads that follow it, in an order that changed from run to run)."""
+    x = np.arange(256, dtype=np.float32)
+    y = np.zeros(32, np.float32)
+    p = profiled("prof_partial_before_barrier", 1, 32, [x, y])
+    np.testing.assert_array_equal(y, x[::8] * np.where(np.arange(32) < 16, 2, 1))
+    assert (p["global_load_requests"], p["global_load_sectors"]) == (2, 16 + 32)
+    assert p["load_first_sectors"] == 32
+    reuse = p["load_reuse_sectors"]
+    assert reuse[4] == 16 and sum(reuse) == 16  # distance 15: bucket [8, 16)
+
 def test_product_build_is_not_instrumented():
     """Free when off: pyalexnet._emu has no coverage callbacks at all."""
     import pyalexnet._emu as product

@@ -148,6 +148,7 @@ FlopTable& flop_table() {
 
 // One warp instruction being assembled from its lanes' accesses.
 struct Group {
+  uint64_t seq;      // when its first lane arrived: partial groups finish in this order
   uint8_t space, kind, size, n;
   uint8_t buf[32];   // argument buffer of each lane's access (global)
   uint64_t addr[32];
@@ -230,6 +231,7 @@ struct Worker {
   std::unordered_map<uint64_t, Occurrences> occurrences;  // key: thread << 48 | site
   std::vector<LaneLoops> loops;  // per thread (linear index)
   std::unordered_map<Key, Group, KeyHash> pending;
+  uint64_t next_seq = 0;
   std::unordered_map<uintptr_t, uint64_t> block_runs;
   std::unordered_map<uintptr_t, uint64_t> warp_runs;
   // the current block's executions of each basic block, per thread (linear index)
@@ -350,6 +352,7 @@ inline void access(const void* p, int size, int kind, void* site) {
   Key key{(uintptr_t)site, trip, o.count++, (uint32_t)warp};
   Group& g = w.pending[key];
   if (g.n == 0) {
+    g.seq = w.next_seq++;
     g.space = space;
     g.kind = (uint8_t)kind;
     g.size = (uint8_t)size;
@@ -361,6 +364,19 @@ inline void access(const void* p, int size, int kind, void* site) {
     finish(g);
     w.pending.erase(key);
   }
+}
+
+// Instructions some lanes of their warp never reached (diverged lanes) end as partial ones
+// once no lane can join them any more: at a barrier of the block and at its end. They
+// finish in the order they began, so the reuse distances do not depend on the hash table's
+// order (which follows the code's load address, so it changed from run to run).
+void finish_pending() {
+  std::vector<const Group*> open;
+  open.reserve(W.pending.size());
+  for (const auto& kv : W.pending) open.push_back(&kv.second);
+  std::sort(open.begin(), open.end(), [](const Group* a, const Group* b) { return a->seq < b->seq; });
+  for (const Group* g : open) finish(*g);
+  W.pending.clear();
 }
 
 }  // namespace
@@ -429,8 +445,7 @@ void block_begin(int nthreads) {
 
 void block_end() {
   W.on = false;
-  for (auto& kv : W.pending) finish(kv.second);  // diverged lanes: partial instructions
-  W.pending.clear();
+  finish_pending();
   // A warp runs a basic block as often as its busiest lane does (SIMT: diverged paths
   // run one after the other, idle lanes masked off).
   for (const auto& kv : W.lane_runs) {
@@ -456,7 +471,10 @@ void block_end() {
   W.c.blocks += 1;
 }
 
-void barrier() { W.c.barriers += 1; }
+void barrier() {
+  W.c.barriers += 1;
+  finish_pending();
+}
 
 void worker_end() {
   W.on = false;

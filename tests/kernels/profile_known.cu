@@ -102,3 +102,15 @@ extern "C" __global__ void prof_passes(const float* x, float* y, int n, int pass
     for (int i = threadIdx.x; i < n; i += 32) s += x[i];
   y[blockIdx.x * 32 + threadIdx.x] = s;
 }
+
+// One warp: lanes 0-15 load x[8 l] (one sector each) before a barrier, then every lane
+// loads x[8 l]. The first load is a partial warp instruction (16 sectors), finished at the
+// barrier that no lane can pass back over: the second request then re-reads its 16
+// sectors at reuse distance 15 and loads 16 new ones.
+extern "C" __global__ void prof_partial_before_barrier(const float* x, float* y) {
+  const int l = threadIdx.x;
+  float s = 0.0f;
+  if (l < 16) s = x[8 * l];
+  __syncthreads();
+  y[l] = s + x[8 * l];
+}
