@@ -919,6 +919,50 @@ def counters_table(rows):
     return "\n".join(out) + "\n"
 
 
+
+# the counters a kernel change is judged by: (column, value of a row, format)
+CHANGE_COLUMNS = (
+    ("model ms", lambda r: r["model_ms"], ".3f"),
+    ("DRAM MB", lambda r: r["dram_bytes"] / 1e6, ".1f"),
+    ("ld requests", lambda r: r["global_load_requests"], ",.0f"),
+    ("ld sectors/req", lambda r: r["global_load_sectors"] / r["global_load_requests"]
+     if r["global_load_requests"] else None, ".2f"),
+    ("st sectors/req", lambda r: r["global_store_sectors"] / r["global_store_requests"]
+     if r["global_store_requests"] else None, ".2f"),
+    ("smem wavefronts", lambda r: r["shared_load_wavefronts"] + r["shared_store_wavefronts"], ",.0f"),
+)
+
+
+def changes_table(before, after, tolerance=1e-3):
+    """A Markdown table of the --emulated rows whose counters moved between two runs (the
+    results lists of two JSON files), "old → new" where a value moved by more than
+    ``tolerance`` of itself: what a kernel change's note shows. Rows of one run only are
+    left out; "" when nothing moved."""
+    old = {r["name"]: r for r in before}
+    lines = []
+    for r in after:
+        b = old.get(r["name"])
+        if b is None:
+            continue
+        cells, moved = [], False
+        for _, value, f in CHANGE_COLUMNS:
+            v0, v1 = value(b), value(r)
+            if v0 is None or v1 is None:
+                cells.append("–" if v0 == v1 else f"{'–' if v0 is None else format(v0, f)} → "
+                             f"{'–' if v1 is None else format(v1, f)}")
+                moved |= v0 != v1
+            elif abs(v1 - v0) > tolerance * max(abs(v0), abs(v1)):
+                cells.append(f"{format(v0, f)} → {format(v1, f)}")
+                moved = True
+            else:
+                cells.append(format(v1, f))
+        if moved:
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = "| case | " + " | ".join(c for c, _, _ in CHANGE_COLUMNS) + " |"
+    return "\n".join([head, "|" + "---|" * (len(CHANGE_COLUMNS) + 1)] + lines) + "\n"
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default=None, help="cuda, emu or numpy (default: auto)")
@@ -943,10 +987,21 @@ def main(argv=None):
                          "constants replace the model's assumed ones")
     ap.add_argument("--markdown", default=None,
                     help="--emulated: also write the counters as a Markdown table (the README's)")
+    ap.add_argument("--before", default=None,
+                    help="--emulated: an earlier --emulated JSON; print the rows whose counters "
+                         "moved since, old -> new (for a kernel change's note)")
     args = ap.parse_args(argv)
     if args.emulated:
         if args.blocks < 1:
             ap.error("--blocks must be at least 1")
+        before = None
+        if args.before:  # read first: a bad file must not cost a whole run
+            try:
+                before = json.loads(Path(args.before).read_text())["results"]
+                for r in before:  # a GPU run's rows have no counters
+                    r["name"], r["model_ms"], r["dram_bytes"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                ap.error(f"--before {args.before}: not an --emulated JSON of bench_kernels.py ({e})")
         t0 = time.perf_counter()
         summary = run_emulated(args)
         summary["seconds"] = time.perf_counter() - t0
@@ -958,6 +1013,10 @@ def main(argv=None):
         if args.markdown:
             Path(args.markdown).write_text(counters_table(summary["results"]))
             print(f"wrote {args.markdown}")
+        if before is not None:
+            moved = changes_table(before, summary["results"])
+            print(f"since {args.before}:\n{moved}" if moved else
+                  f"since {args.before}: no row's counters moved")
         return 0
     stamp = datetime.datetime.now(datetime.timezone.utc)
 

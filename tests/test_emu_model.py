@@ -206,6 +206,37 @@ def test_emulated_benchmark_compares_two_measured_rows(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "over 2 rows: none (it needs 3 rows)" in p.stdout
     assert json.loads((tmp_path / "em.json").read_text())["rows_compared"] == 2
+    # --before: a kernel change's counters, old -> new; the run just made is the "old"
+    rows = json.loads((tmp_path / "em.json").read_text())["results"]
+    rows[0]["model_ms"] += 1.0
+    (tmp_path / "before.json").write_text(json.dumps({"results": rows}))
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--emulated",
+                        "--batch", "2", "--blocks", "2", "--threads", "2", "--only", "relu1 forward v1",
+                        "--before", str(tmp_path / "before.json"), "--out", str(tmp_path / "em2.json")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"| relu1 forward v1 | {rows[0]['model_ms']:.3f} → {rows[0]['model_ms'] - 1:.3f} |" in p.stdout
+    (tmp_path / "gpu.json").write_text(json.dumps({"results": [{"name": "x", "ours_ms": 1.0}]}))
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--emulated",
+                        "--before", str(tmp_path / "gpu.json")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "not an --emulated JSON" in p.stderr.splitlines()[-1]
+
+
+def test_changes_table_shows_what_moved():
+    from bench_kernels import changes_table
+
+    def row(name, ms, dram, req, sec, smem=0):
+        return {"name": name, "model_ms": ms, "dram_bytes": dram, "global_load_requests": req,
+                "global_load_sectors": sec, "global_store_requests": 10, "global_store_sectors": 40,
+                "shared_load_wavefronts": smem, "shared_store_wavefronts": 0}
+    before = [row("a", 1.0, 2e6, 100, 400), row("b", 1.0, 2e6, 100, 400), row("gone", 1, 1, 1, 1)]
+    after = [row("a", 1.0, 2e6, 100, 400), row("b", 0.5, 2e6 * (1 + 1e-5), 0, 0, smem=7),
+             row("new", 1, 1, 1, 1)]
+    assert changes_table(before, after).splitlines() == [
+        "| case | model ms | DRAM MB | ld requests | ld sectors/req | st sectors/req | smem wavefronts |",
+        "|---|---|---|---|---|---|---|",
+        "| b | 1.000 → 0.500 | 2.0 | 100 → 0 | 4.00 → – | 4.00 | 0 → 7 |"]
+    assert changes_table(before, before) == ""
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
