@@ -371,11 +371,12 @@ inline void access(const void* p, int size, int kind, void* site) {
 // finish in the order they began, so the reuse distances do not depend on the hash table's
 // order (which follows the code's load address, so it changed from run to run).
 void finish_pending() {
-  std::vector<const Group*> open;
-  open.reserve(W.pending.size());
-  for (const auto& kv : W.pending) open.push_back(&kv.second);
-  std::sort(open.begin(), open.end(), [](const Group* a, const Group* b) { return a->seq < b->seq; });
-  for (const Group* g : open) finish(*g);
+  std::vector<const Group*> partial;
+  partial.reserve(W.pending.size());
+  for (const auto& kv : W.pending) partial.push_back(&kv.second);
+  std::sort(partial.begin(), partial.end(),
+            [](const Group* a, const Group* b) { return a->seq < b->seq; });
+  for (const Group* g : partial) finish(*g);
   W.pending.clear();
 }
 
