@@ -991,6 +991,9 @@ def main(argv=None):
                     help="--emulated: an earlier --emulated JSON; print the rows whose counters "
                          "moved since, old -> new (for a kernel change's note)")
     args = ap.parse_args(argv)
+    for flag in ("markdown", "before"):
+        if getattr(args, flag) and not args.emulated:
+            ap.error(f"--{flag} goes with --emulated (a timed run's table is in its JSON)")
     if args.emulated:
         if args.blocks < 1:
             ap.error("--blocks must be at least 1")

@@ -220,6 +220,9 @@ def test_emulated_benchmark_compares_two_measured_rows(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--emulated",
                         "--before", str(tmp_path / "gpu.json")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "not an --emulated JSON" in p.stderr.splitlines()[-1]
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"),
+                        "--before", str(tmp_path / "before.json")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--before goes with --emulated" in p.stderr.splitlines()[-1]
 
 
 def test_changes_table_shows_what_moved():
