@@ -919,7 +919,6 @@ def counters_table(rows):
     return "\n".join(out) + "\n"
 
 
-
 # the counters a kernel change is judged by: (column, value of a row, format)
 CHANGE_COLUMNS = (
     ("model ms", lambda r: r["model_ms"], ".3f"),
@@ -962,6 +961,7 @@ def changes_table(before, after, tolerance=1e-3):
         return ""
     head = "| case | " + " | ".join(c for c, _, _ in CHANGE_COLUMNS) + " |"
     return "\n".join([head, "|" + "---|" * (len(CHANGE_COLUMNS) + 1)] + lines) + "\n"
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -270,7 +270,6 @@ def test_reuse_distances_of_repeated_passes():
     assert reuse[7] == 2 * 2 * 128 and sum(reuse) == reuse[7]
 
 
-
 def test_partial_instruction_is_counted_at_the_barrier_after_it():
     """Lanes that skipped a load leave a partial warp instruction; it ends at the next
     barrier, in its place in the block's order of loads (it was counted at the block's end,
@@ -283,6 +282,7 @@ def test_partial_instruction_is_counted_at_the_barrier_after_it():
     assert p["load_first_sectors"] == 32
     reuse = p["load_reuse_sectors"]
     assert reuse[4] == 16 and sum(reuse) == 16  # distance 15: bucket [8, 16)
+
 
 def test_product_build_is_not_instrumented():
     """Free when off: pyalexnet._emu has no coverage callbacks at all."""
