@@ -883,13 +883,15 @@ def all_flops(counters):
     return sum(counters.get(k) or 0.0 for k in ("flops", "tensor_flops_tf32", "tensor_flops_bf16"))
 
 
+def cell(v, f):
+    """A Markdown table cell: ``v`` in format ``f``, or a dash for no value."""
+    return format(v, f) if v is not None else "–"
+
+
 def counters_table(rows):
     """The --emulated rows as the README's Markdown table of counters."""
     def pct(v):
         return f"{100 * v:.0f}%" if v is not None else "–"
-
-    def num(v, f):
-        return format(v, f) if v is not None else "–"
 
     def per(r, a, b):
         return r[a] / r[b] if r.get(b) else None
@@ -909,13 +911,13 @@ def counters_table(rows):
         out.append(
             f"| {r['name']} | {kernels} | {all_flops(r) / 1e9:.1f} | {r['dram_bytes'] / 1e6:.0f} "
             f"({r['dram_bytes_lower_bound'] / 1e6:.0f}) | "
-            f"{num(per(r, 'global_load_sectors', 'global_load_requests'), '.2f')} | "
-            f"{num(per(r, 'global_store_sectors', 'global_store_requests'), '.2f')} | "
-            f"{pct(eff and eff / 32)} | {num(wf / ideal if ideal else None, '.2f')} | "
+            f"{cell(per(r, 'global_load_sectors', 'global_load_requests'), '.2f')} | "
+            f"{cell(per(r, 'global_store_sectors', 'global_store_requests'), '.2f')} | "
+            f"{pct(eff and eff / 32)} | {cell(wf / ideal if ideal else None, '.2f')} | "
             f"{pct(r.get('simt_efficiency'))} | {r['barriers'] / blocks:.0f} | "
             f"{main['warps_per_sm']} ({main['limited_by']}) | {r['model_ms']:.3f} | "
             + (f"{pct(r.get('tensor_share_of_peak'))} | " if tc else "")
-            + f"{num(r['measured_ms'], '.3f')} |")
+            + f"{cell(r['measured_ms'], '.3f')} |")
     return "\n".join(out) + "\n"
 
 
@@ -947,14 +949,11 @@ def changes_table(before, after, tolerance=1e-3):
         for _, value, f in CHANGE_COLUMNS:
             v0, v1 = value(b), value(r)
             if v0 is None or v1 is None:
-                cells.append("–" if v0 == v1 else f"{'–' if v0 is None else format(v0, f)} → "
-                             f"{'–' if v1 is None else format(v1, f)}")
-                moved |= v0 != v1
-            elif abs(v1 - v0) > tolerance * max(abs(v0), abs(v1)):
-                cells.append(f"{format(v0, f)} → {format(v1, f)}")
-                moved = True
+                changed = (v0 is None) != (v1 is None)
             else:
-                cells.append(format(v1, f))
+                changed = abs(v1 - v0) > tolerance * max(abs(v0), abs(v1))
+            cells.append(f"{cell(v0, f)} → {cell(v1, f)}" if changed else cell(v1, f))
+            moved |= changed
         if moved:
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     if not lines:
@@ -1001,9 +1000,9 @@ def main(argv=None):
         if args.before:  # read first: a bad file must not cost a whole run
             try:
                 before = json.loads(Path(args.before).read_text())["results"]
-                for r in before:  # a GPU run's rows have no counters
-                    r["name"], r["model_ms"], r["dram_bytes"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                if not all({"name", "model_ms", "dram_bytes"} <= r.keys() for r in before):
+                    raise ValueError("its rows have no counters")  # a GPU run's, say
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 ap.error(f"--before {args.before}: not an --emulated JSON of bench_kernels.py ({e})")
         t0 = time.perf_counter()
         summary = run_emulated(args)

@@ -210,8 +210,8 @@ def test_loop_heads_of_nested_loops_from_machine_code():
             (0x20, "call", "40 " + cov), (0x25, "jl", "10 <f+0x10>"),        # H: outer head
             (0x27, "call", "40 " + cov), (0x2c, "ret", "")]                  # exit
     targets = {0x10, 0x20}
-    assert emu_build.loop_heads(code, emu_build._runs(code, targets)) == {0x15: (0x15, 0x25), 0x1c: (0x25, 0),
-                                                   0x25: (0x25, 0)}
+    assert emu_build.loop_heads(code, emu_build._runs(code, targets)) == {
+        0x15: (0x15, 0x25), 0x1c: (0x25, 0), 0x25: (0x25, 0)}
 
 
 def _mma(n, fmt, warps=3):

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <iterator>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
